@@ -1,0 +1,220 @@
+"""The streaming pipeline on Kafka: consume in batches, process per partition, store, then commit.
+
+Delivery: offsets (with the partition's watermark as commit metadata) are committed only after the sink
+acknowledged every document derived from the records before them and the dead-letter producer flushed.
+Commits never pass a record whose window is still open, so a process killed at any moment replays the
+open windows from the committed offset and rewrites the same documents under the same ids.
+Scale-out is Kafka's consumer group: state is per partition, rebuilt on assignment.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from taishi.pipeline.config import Settings
+from taishi.pipeline.enrich import Enricher
+from taishi.pipeline.processor import (
+    Counters,
+    DeadLetter,
+    Message,
+    PartitionProcessor,
+    watermark_from_metadata,
+)
+from taishi.pipeline.sinks import Sink
+from taishi.pipeline.windows import Doc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Status:
+    """What ``taishi status`` shows about a running pipeline."""
+
+    started_at: float = field(default_factory=time.time)
+    updated_at: float = 0.0
+    partitions: list[int] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+    late_records: int = 0
+    open_windows: int = 0
+    last_batch_seconds: float = 0.0
+    lag: dict[str, int] = field(default_factory=dict)
+    commits: int = 0
+
+
+def ensure_topics(settings: Settings) -> None:
+    """Create the flows, dead-letter and state topics when missing (idempotent)."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    k = settings.kafka
+    admin = KafkaAdminClient(client_id=f"{k.client_id}-admin", **k.client_options())
+    try:
+        existing = set(admin.list_topics())
+        wanted = [
+            NewTopic(k.flows_topic, k.partitions, 1),
+            NewTopic(k.dlq_topic, 1, 1),
+            NewTopic(k.state_topic, k.partitions, 1, topic_configs={"cleanup.policy": "compact"}),
+        ]
+        new = [t for t in wanted if t.name not in existing]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+class KafkaPipeline:
+    """Consumer-group member running the pipeline on its assigned partitions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sink: Sink,
+        enricher: Enricher | None = None,
+        status_file: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.enricher = enricher or Enricher(settings)
+        self.status_file = status_file
+        self.status = Status()
+        self._procs: dict[Any, PartitionProcessor] = {}
+        self._stop = threading.Event()
+        self._consumer: Any = None
+        self._retired = Counters()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # Rebalance listener -------------------------------------------------------------------------------
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        for tp in revoked:
+            proc = self._procs.pop(tp, None)
+            if proc:
+                self._retired.add(proc.counters)
+        log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        for tp in assigned:
+            om = self._consumer.committed(tp, metadata=True)
+            wm = watermark_from_metadata(om.metadata if om is not None else None)
+            self._procs[tp] = PartitionProcessor(self.settings, self.enricher, tp.partition, wm)
+        log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+
+    # Main loop ----------------------------------------------------------------------------------------
+    def run(self, idle_exit_s: float | None = None) -> Status:
+        """Run until ``stop()``, or until no message arrived for ``idle_exit_s`` seconds."""
+        from kafka import KafkaConsumer, KafkaProducer
+        from kafka.structs import OffsetAndMetadata
+
+        k = self.settings.kafka
+        self._consumer = consumer = KafkaConsumer(
+            group_id=k.group_id,
+            client_id=k.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=k.max_poll_records,
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=16 * 1024 * 1024,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=2_000,
+            max_poll_interval_ms=600_000,
+            **k.client_options(),
+        )
+        producer = KafkaProducer(
+            client_id=f"{k.client_id}-dlq",
+            acks="all",
+            linger_ms=5,
+            compression_type=None if k.compression == "none" else k.compression,
+            **k.client_options(),
+        )
+        consumer.subscribe([k.flows_topic], listener=self)
+        self.sink.setup()
+        last_msg = time.monotonic()
+        last_status = 0.0
+        try:
+            while not self._stop.is_set():
+                polled = consumer.poll(timeout_ms=500)
+                if not polled:
+                    if idle_exit_s is not None and time.monotonic() - last_msg > idle_exit_s:
+                        break
+                    self._maybe_status(consumer, force=False, last=last_status)
+                    continue
+                last_msg = t0 = time.monotonic()
+                docs: list[Doc] = []
+                dead: list[DeadLetter] = []
+                done: list[Any] = []
+                for tp, records in polled.items():
+                    proc = self._procs.get(tp)
+                    if proc is None:  # revoked while polling
+                        continue
+                    msgs = [
+                        Message(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or []))
+                        for r in records
+                    ]
+                    d, dl = proc.process(msgs)
+                    docs.extend(d)
+                    dead.extend(dl)
+                    done.append(tp)
+                for f in self.sink.write(docs):
+                    dead.append(DeadLetter(orjson.dumps(f.doc.source), f.reason, f.doc.index, -1, -1))
+                futures = [producer.send(k.dlq_topic, value=dl.raw, headers=dl.headers()) for dl in dead]
+                if futures:
+                    producer.flush()
+                    for fut in futures:
+                        fut.get(timeout=30)  # raises: a dead letter not stored means no commit
+                    log.warning(
+                        "%d dead letters sent to %s (first: %s)", len(dead), k.dlq_topic, dead[0].reason
+                    )
+                offsets = {}
+                for tp in done:
+                    proc = self._procs.get(tp)
+                    off = proc.commit_offset() if proc else None
+                    if proc is not None and off is not None:
+                        offsets[tp] = OffsetAndMetadata(off, proc.commit_metadata(), -1)
+                if offsets:
+                    consumer.commit(offsets)
+                    self.status.commits += 1
+                self.status.last_batch_seconds = time.monotonic() - t0
+                last_status = self._maybe_status(consumer, force=False, last=last_status)
+        finally:
+            self._maybe_status(consumer, force=True, last=last_status)
+            producer.close(timeout=10)
+            consumer.close(autocommit=False)
+            self.sink.close()
+        return self.status
+
+    def _maybe_status(self, consumer: Any, force: bool, last: float) -> float:
+        now = time.monotonic()
+        if not force and now - last < 5.0:
+            return last
+        c = Counters()
+        c.add(self._retired)
+        for p in self._procs.values():
+            c.add(p.counters)
+        st = self.status
+        st.updated_at = time.time()
+        st.partitions = sorted(tp.partition for tp in self._procs)
+        st.counters = {k: getattr(c, k) for k in Counters.__slots__}  # type: ignore[attr-defined]
+        st.late_records = sum(p.windows.late_records for p in self._procs.values())
+        st.open_windows = sum(p.windows.open_windows for p in self._procs.values())
+        try:
+            ends = consumer.end_offsets(list(self._procs)) if self._procs else {}
+            st.lag = {str(tp.partition): max(0, ends[tp] - consumer.position(tp)) for tp in ends}
+        except Exception as exc:  # lag is informative only; never stop the pipeline for it
+            log.debug("lag unavailable: %s", exc)
+        log.info("status %s", orjson.dumps(asdict(st)).decode())
+        if self.status_file:
+            tmp = self.status_file.with_suffix(".tmp")
+            tmp.write_bytes(orjson.dumps(asdict(st), option=orjson.OPT_INDENT_2))
+            tmp.replace(self.status_file)
+        return now
