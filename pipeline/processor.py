@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
 
 from taishi.pipeline import contract, wire
 from taishi.pipeline.config import Settings
@@ -85,6 +86,7 @@ class PartitionProcessor:
     def process(self, msgs: list[Message]) -> tuple[list[Doc], list[DeadLetter]]:
         """Process messages (in offset order); return documents ready to store and dead letters."""
         dead: list[DeadLetter] = []
+        tables: list[pa.Table] = []
         frames: list[pd.DataFrame] = []
         origin: list[tuple[Message, wire.Decoded]] = []
         for m in msgs:
@@ -93,21 +95,40 @@ class PartitionProcessor:
             for r in d.rejects:
                 dead.append(DeadLetter(r.raw, r.reason, m.topic, m.partition, m.offset, r.index))
             self.counters.records_in += d.count + sum(1 for r in d.rejects if r.index >= 0)
-            if d.count:
-                df = d.table.to_pandas() if d.table is not None else pd.DataFrame.from_records(d.rows)
-                sensor = dict(m.headers).get(contract.HEADER_SENSOR, b"").decode("utf-8", "replace")
+            if not d.count:
+                continue
+            sensor = dict(m.headers).get(contract.HEADER_SENSOR, b"").decode("utf-8", "replace")
+            mi = len(origin)
+            origin.append((m, d))
+            if d.table is not None:
+                t = d.table
+                if "observer.name" not in t.column_names:
+                    t = t.append_column("observer.name", pa.array([sensor] * t.num_rows, pa.string()))
+                t = t.append_column("__msg", pa.array(np.full(t.num_rows, mi, np.int64)))
+                tables.append(t.append_column("__row", pa.array(np.arange(t.num_rows, dtype=np.int64))))
+            else:
+                df = pd.DataFrame.from_records(d.rows)
                 if "observer.name" not in df.columns:
                     df["observer.name"] = sensor
-                df["__msg"] = len(origin)
+                df["__msg"] = mi
                 df["__row"] = np.arange(len(df))
                 frames.append(df)
-                origin.append((m, d))
+        if tables:
+            try:
+                table = pa.concat_tables(tables, promote_options="permissive")
+                frames.insert(0, table.to_pandas())
+            except (pa.ArrowInvalid, pa.ArrowTypeError):  # incompatible schemas: convert one by one
+                frames[:0] = [t.to_pandas() for t in tables]
         if msgs:
             self.next_offset = msgs[-1].offset + 1
         if not frames:
             self.counters.dead_letters += len(dead)
             return [], dead
-        raw = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        raw = frames[0]
+        if len(frames) > 1:  # mixed encodings: back to offset order, which lateness decisions rely on
+            raw = pd.concat(frames, ignore_index=True).sort_values(
+                ["__msg", "__row"], kind="stable", ignore_index=True
+            )
         v = validate_flows(raw, seed=self.settings.community_id_seed)
         for idx, reason in v.rejected.items():
             mi, ri = int(raw.at[idx, "__msg"]), int(raw.at[idx, "__row"])
@@ -154,8 +175,14 @@ def watermark_from_metadata(metadata: str | None) -> int:
 def _raw_row(raw: pd.DataFrame, idx: Any, d: wire.Decoded, ri: int) -> bytes:
     if d.table is None:
         return d.row_raw[ri]
-    row = {k: v for k, v in raw.loc[idx].items() if not str(k).startswith("__") and not _isna(v)}
+    row = {k: _plain(v) for k, v in raw.loc[idx].items() if not str(k).startswith("__") and not _isna(v)}
     return orjson.dumps(row, default=str)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, pd.Timestamp):
+        return v.isoformat()
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def _isna(v: Any) -> bool:

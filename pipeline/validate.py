@@ -81,6 +81,10 @@ def validate_flows(raw: pd.DataFrame, default_sensor: str = "", seed: int = 0) -
     for name in ("source.ip", "destination.ip"):
         out[name] = _ips(raw, name, fail, n)
 
+    fam_s = np.char.find(out["source.ip"].astype(str), ":") >= 0
+    fam_d = np.char.find(out["destination.ip"].astype(str), ":") >= 0
+    fail(fam_s != fam_d, "source.ip and destination.ip are of different address families")
+
     for name, (lo, hi) in _INT_LIMITS.items():
         dtype = contract.FLOW_DTYPES[name]
         if name not in raw.columns:
