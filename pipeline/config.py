@@ -77,6 +77,9 @@ class WindowSettings(BaseModel):
 
     size_s: int = Field(300, ge=1, description="window length in seconds (event time)")
     allowed_lateness_s: int = Field(60, ge=0, description="records this late still update their window")
+    idle_close_s: float = Field(
+        15.0, gt=0, description="a partition quiet this long (wall clock) closes its open windows"
+    )
 
 
 class Institution(BaseModel):

@@ -91,6 +91,7 @@ class KafkaPipeline:
         self._stop = threading.Event()
         self._consumer: Any = None
         self._retired = Counters()
+        self._last_seen: dict[Any, float] = {}
 
     def stop(self) -> None:
         self._stop.set()
@@ -104,11 +105,20 @@ class KafkaPipeline:
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     def on_partitions_assigned(self, assigned: Any) -> None:
-        for tp in assigned:
+        # Runs on kafka-python's IO thread, which must not block: state is built lazily in the main loop.
+        log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+
+    def _processor(self, tp: Any) -> PartitionProcessor | None:
+        """The partition's processor, built on first use from the committed watermark."""
+        proc = self._procs.get(tp)
+        if proc is None and tp in self._consumer.assignment():
             om = self._consumer.committed(tp, metadata=True)
             wm = watermark_from_metadata(om.metadata if om is not None else None)
-            self._procs[tp] = PartitionProcessor(self.settings, self.enricher, tp.partition, wm)
-        log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+            proc = self._procs[tp] = PartitionProcessor(self.settings, self.enricher, tp.partition, wm)
+            self._last_seen[tp] = time.monotonic()
+            log.info("partition %d: resuming at offset %s, watermark %s", tp.partition,
+                     om.offset if om is not None else "start", wm)
+        return proc
 
     # Main loop ----------------------------------------------------------------------------------------
     def run(self, idle_exit_s: float | None = None) -> Status:
@@ -137,44 +147,42 @@ class KafkaPipeline:
             compression_type=None if k.compression == "none" else k.compression,
             **k.client_options(),
         )
-        consumer.subscribe([k.flows_topic], listener=self)
+        consumer.subscribe([k.flows_topic], listener=_listener(self))
         self.sink.setup()
         last_msg = time.monotonic()
         last_status = 0.0
         try:
             while not self._stop.is_set():
                 polled = consumer.poll(timeout_ms=500)
-                if not polled:
-                    if idle_exit_s is not None and time.monotonic() - last_msg > idle_exit_s:
+                now = time.monotonic()
+                idle = [tp for tp, p in self._procs.items() if p.windows.open_windows and tp not in polled
+                        and now - self._last_seen.get(tp, now) > self.settings.window.idle_close_s]
+                if not polled and not idle:
+                    if idle_exit_s is not None and now - last_msg > idle_exit_s:
                         break
-                    self._maybe_status(consumer, force=False, last=last_status)
+                    last_status = self._maybe_status(consumer, force=False, last=last_status)
                     continue
-                last_msg = t0 = time.monotonic()
+                if polled:
+                    last_msg = now
+                t0 = now
                 docs: list[Doc] = []
                 dead: list[DeadLetter] = []
                 done: list[Any] = []
                 for tp, records in polled.items():
-                    proc = self._procs.get(tp)
+                    proc = self._processor(tp)
                     if proc is None:  # revoked while polling
                         continue
-                    msgs = [
-                        Message(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or []))
-                        for r in records
-                    ]
+                    msgs = [Message(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or []))
+                            for r in records]
                     d, dl = proc.process(msgs)
                     docs.extend(d)
                     dead.extend(dl)
                     done.append(tp)
-                for f in self.sink.write(docs):
-                    dead.append(DeadLetter(orjson.dumps(f.doc.source), f.reason, f.doc.index, -1, -1))
-                futures = [producer.send(k.dlq_topic, value=dl.raw, headers=dl.headers()) for dl in dead]
-                if futures:
-                    producer.flush()
-                    for fut in futures:
-                        fut.get(timeout=30)  # raises: a dead letter not stored means no commit
-                    log.warning(
-                        "%d dead letters sent to %s (first: %s)", len(dead), k.dlq_topic, dead[0].reason
-                    )
+                    self._last_seen[tp] = now
+                for tp in idle:  # a quiet source: close its windows rather than hold them open forever
+                    docs.extend(self._procs[tp].flush())
+                    done.append(tp)
+                self._store(docs, dead, producer)
                 offsets = {}
                 for tp in done:
                     proc = self._procs.get(tp)
@@ -192,6 +200,18 @@ class KafkaPipeline:
             consumer.close(autocommit=False)
             self.sink.close()
         return self.status
+
+    def _store(self, docs: list[Doc], dead: list[DeadLetter], producer: Any) -> None:
+        """Write documents, then dead letters; raise (so nothing is committed) unless all were stored."""
+        k = self.settings.kafka
+        for f in self.sink.write(docs):
+            dead.append(DeadLetter(orjson.dumps(f.doc.source), f.reason, f.doc.index, -1, -1))
+        futures = [producer.send(k.dlq_topic, value=dl.raw, headers=dl.headers()) for dl in dead]
+        if futures:
+            producer.flush()
+            for fut in futures:
+                fut.get(timeout=30)
+            log.warning("%d dead letters sent to %s (first: %s)", len(dead), k.dlq_topic, dead[0].reason)
 
     def _maybe_status(self, consumer: Any, force: bool, last: float) -> float:
         now = time.monotonic()
@@ -218,3 +238,17 @@ class KafkaPipeline:
             tmp.write_bytes(orjson.dumps(asdict(st), option=orjson.OPT_INDENT_2))
             tmp.replace(self.status_file)
         return now
+
+
+def _listener(pipe: KafkaPipeline) -> Any:
+    """kafka-python wants a ConsumerRebalanceListener subclass; delegate to the pipeline."""
+    from kafka import ConsumerRebalanceListener
+
+    class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+        def on_partitions_revoked(self, revoked: Any) -> None:
+            pipe.on_partitions_revoked(revoked)
+
+        def on_partitions_assigned(self, assigned: Any) -> None:
+            pipe.on_partitions_assigned(assigned)
+
+    return _Listener()

@@ -170,8 +170,14 @@ class EntityWindows:
         return [doc for w in ready for doc in self._close(w)]
 
     def close_all(self) -> list[Doc]:
-        """Documents of every open window (end of a finite input)."""
-        return [doc for w in sorted(self._open) for doc in self._close(w)]
+        """Move the watermark past every open window and close them (an idle source or the input's end).
+
+        The advance is remembered (and committed): records for those windows arriving later are late,
+        so a closed window is never rewritten with only part of its records.
+        """
+        if self._open:
+            self.watermark_ms = max(self.watermark_ms, max(self._open) + self.size_ms + self.lateness_ms)
+        return self.close_ready()
 
     def commit_offset(self, next_offset: int) -> int:
         """The offset to commit: never past the first record of a window still open."""
