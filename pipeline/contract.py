@@ -55,6 +55,7 @@ FLOW_COLUMNS: Final[tuple[Column, ...]] = (
     Column("organization.id", "str", True, "the institution; part of every join key"),
     Column("observer.name", "str", False, "sensor id that produced the record"),
     Column("observer.hostname", "str", False, "host the sensor runs on"),
+    Column("observer.ip", "str", False, "exporter or sensor address (NetFlow exporter)"),
     Column("source.ip", "str", True, "IPv4 or IPv6 text form"),
     Column("source.port", "int32", False, "0 when the transport has no ports"),
     Column("destination.ip", "str", True, "IPv4 or IPv6 text form"),

@@ -139,7 +139,7 @@ def flows_template() -> dict[str, Any]:
                     "@timestamp": _DATE,
                     "event": _props(end=_DATE, dataset=_KW, kind=_KW, category=_KW),
                     "organization": _props(id=_KW),
-                    "observer": _props(name=_KW, hostname=_KW),
+                    "observer": _props(name=_KW, hostname=_KW, ip=_IP),
                     "source": endpoint,
                     "destination": endpoint,
                     "network": _props(

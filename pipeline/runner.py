@@ -108,16 +108,28 @@ class KafkaPipeline:
         # Runs on kafka-python's IO thread, which must not block: state is built lazily in the main loop.
         log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
 
-    def _processor(self, tp: Any) -> PartitionProcessor | None:
-        """The partition's processor, built on first use from the committed watermark."""
+    def _processor(self, tp: Any, first_offset: int) -> PartitionProcessor | None:
+        """The partition's processor, built on first use from the committed offset and watermark.
+
+        A fresh processor must see its partition from the committed offset: if the consumer's position
+        is elsewhere (records fetched before a rebalance), seek back and skip this batch.
+        """
         proc = self._procs.get(tp)
-        if proc is None and tp in self._consumer.assignment():
-            om = self._consumer.committed(tp, metadata=True)
-            wm = watermark_from_metadata(om.metadata if om is not None else None)
-            proc = self._procs[tp] = PartitionProcessor(self.settings, self.enricher, tp.partition, wm)
-            self._last_seen[tp] = time.monotonic()
-            log.info("partition %d: resuming at offset %s, watermark %s", tp.partition,
-                     om.offset if om is not None else "start", wm)
+        if proc is not None or tp not in self._consumer.assignment():
+            return proc
+        om = self._consumer.committed(tp, metadata=True)
+        wm = watermark_from_metadata(om.metadata if om is not None else None)
+        start = om.offset if om is not None else None
+        if start is None:
+            self._consumer.seek_to_beginning(tp)
+            start = self._consumer.position(tp)
+        if first_offset != start:
+            log.info("partition %d: fetched from %d, rewinding to committed %d", tp.partition, first_offset, start)
+            self._consumer.seek(tp, start)
+            return None
+        proc = self._procs[tp] = PartitionProcessor(self.settings, self.enricher, tp.partition, wm)
+        self._last_seen[tp] = time.monotonic()
+        log.info("partition %d: resuming at offset %d, watermark %s", tp.partition, start, wm)
         return proc
 
     # Main loop ----------------------------------------------------------------------------------------
@@ -156,8 +168,11 @@ class KafkaPipeline:
                 polled = consumer.poll(timeout_ms=500)
                 now = time.monotonic()
                 idle = [tp for tp, p in self._procs.items() if p.windows.open_windows and tp not in polled
-                        and now - self._last_seen.get(tp, now) > self.settings.window.idle_close_s]
+                        and now - self._last_seen.get(tp, now) > self.settings.window.idle_close_s
+                        and self._caught_up(tp)]
                 if not polled and not idle:
+                    if not consumer.assignment():
+                        last_msg = now  # idle means caught up, not waiting for a rebalance
                     if idle_exit_s is not None and now - last_msg > idle_exit_s:
                         break
                     last_status = self._maybe_status(consumer, force=False, last=last_status)
@@ -169,9 +184,21 @@ class KafkaPipeline:
                 dead: list[DeadLetter] = []
                 done: list[Any] = []
                 for tp, records in polled.items():
-                    proc = self._processor(tp)
-                    if proc is None:  # revoked while polling
+                    proc = self._processor(tp, records[0].offset)
+                    if proc is None:  # revoked while polling, or rewound to the committed offset
                         continue
+                    if proc.next_offset is not None and records[0].offset != proc.next_offset:
+                        # The consumer's position moved under us (a rebalance reset it to the committed
+                        # offset): skip what this processor already holds, rebuild on a gap.
+                        if records[0].offset > proc.next_offset:
+                            log.warning("partition %d: offset jumped %d -> %d; rebuilding from the commit",
+                                        tp.partition, proc.next_offset, records[0].offset)
+                            del self._procs[tp]
+                            self._consumer.seek(tp, self._consumer.committed(tp) or 0)
+                            continue
+                        records = [r for r in records if r.offset >= proc.next_offset]
+                        if not records:
+                            continue
                     msgs = [Message(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or []))
                             for r in records]
                     d, dl = proc.process(msgs)
@@ -200,6 +227,11 @@ class KafkaPipeline:
             consumer.close(autocommit=False)
             self.sink.close()
         return self.status
+
+    def _caught_up(self, tp: Any) -> bool:
+        """True when nothing is waiting on the partition: a quiet source, not a busy consumer."""
+        high = self._consumer.highwater(tp)
+        return high is not None and self._consumer.position(tp) >= high
 
     def _store(self, docs: list[Doc], dead: list[DeadLetter], producer: Any) -> None:
         """Write documents, then dead letters; raise (so nothing is committed) unless all were stored."""

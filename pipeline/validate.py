@@ -130,6 +130,7 @@ def validate_flows(raw: pd.DataFrame, default_sensor: str = "", seed: int = 0) -
         ("event.dataset", "flow"),
         ("observer.name", default_sensor),
         ("observer.hostname", ""),
+        ("observer.ip", ""),
     ):
         if name in raw.columns:
             out[name] = raw[name].astype("str").where(raw[name].notna(), default).to_numpy(object)
