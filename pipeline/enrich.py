@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from taishi.pipeline import addresses
 from taishi.pipeline.config import Settings
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class Enricher:
         orgs = df["organization.id"].to_numpy(object)
         both = np.concatenate([df["source.ip"].to_numpy(object), df["destination.ip"].to_numpy(object)])
         codes, uniques = pd.factorize(both)
-        addrs = [ipaddress.ip_address(u) for u in uniques]
+        addrs = [addresses.parse(u) for u in uniques]
         internal = np.zeros(2 * n, bool)
         org_codes, org_uniques = pd.factorize(np.concatenate([orgs, orgs]))
         for oi, org in enumerate(org_uniques):

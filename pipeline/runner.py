@@ -46,6 +46,9 @@ class Status:
     last_batch_seconds: float = 0.0
     lag: dict[str, int] = field(default_factory=dict)
     commits: int = 0
+    busy_seconds: float = 0.0  # wall time spent processing polled batches (excludes waiting)
+    busy_cpu_seconds: float = 0.0  # CPU time of this process over the same spans
+    active_cpu_seconds: float = 0.0  # CPU time from start to the last batch, polling and decompression included
 
 
 def ensure_topics(settings: Settings) -> None:
@@ -163,6 +166,7 @@ class KafkaPipeline:
         self.sink.setup()
         last_msg = time.monotonic()
         last_status = 0.0
+        cpu_start = time.process_time()
         try:
             while not self._stop.is_set():
                 polled = consumer.poll(timeout_ms=500)
@@ -179,7 +183,7 @@ class KafkaPipeline:
                     continue
                 if polled:
                     last_msg = now
-                t0 = now
+                t0, c0 = now, time.process_time()
                 docs: list[Doc] = []
                 dead: list[DeadLetter] = []
                 done: list[Any] = []
@@ -220,6 +224,9 @@ class KafkaPipeline:
                     consumer.commit(offsets)
                     self.status.commits += 1
                 self.status.last_batch_seconds = time.monotonic() - t0
+                self.status.busy_seconds += self.status.last_batch_seconds
+                self.status.busy_cpu_seconds += time.process_time() - c0
+                self.status.active_cpu_seconds = time.process_time() - cpu_start
                 last_status = self._maybe_status(consumer, force=False, last=last_status)
         finally:
             self._maybe_status(consumer, force=True, last=last_status)

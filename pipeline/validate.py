@@ -7,13 +7,13 @@ the derived columns (transport, Community ID) filled in.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from taishi.pipeline import contract
+from taishi.pipeline import addresses, contract
 from taishi.pipeline.community_id import community_ids
 
 _INT_LIMITS = {
@@ -42,11 +42,13 @@ def validate_flows(raw: pd.DataFrame, default_sensor: str = "", seed: int = 0) -
     """Check a raw batch against the flow contract; return the valid rows normalised."""
     n = len(raw)
     reason = np.full(n, "", dtype=object)
+    rejected = np.zeros(n, bool)
 
     def fail(mask: np.ndarray, message: str | np.ndarray) -> None:
-        m = mask & (reason == "")
+        m = mask & ~rejected
         if m.any():
             reason[m] = message if isinstance(message, str) else message[m]
+            rejected[m] = True
 
     out: dict[str, np.ndarray | pd.Series] = {}
 
@@ -137,10 +139,11 @@ def validate_flows(raw: pd.DataFrame, default_sensor: str = "", seed: int = 0) -
         else:
             out[name] = np.full(n, default, dtype=object)
 
-    ok = reason == ""
+    ok = ~rejected
+    idx = raw.index[ok]
     frame = pd.DataFrame(
-        {k: (v[ok] if isinstance(v, np.ndarray) else v.to_numpy()[ok]) for k, v in out.items()},
-        index=raw.index[ok],
+        {k: _column(v[ok] if isinstance(v, np.ndarray) else v.to_numpy()[ok], idx) for k, v in out.items()},
+        index=idx,
     )
     frame = frame[[c.name for c in contract.FLOW_COLUMNS if c.name in frame.columns]]
 
@@ -195,12 +198,18 @@ def _ips(raw: pd.DataFrame, name: str, fail, n: int) -> np.ndarray:  # type: ign
     norm = np.empty(len(uniques) + 1, dtype=object)
     bad = np.zeros(len(uniques) + 1, bool)
     for i, u in enumerate(uniques):
-        try:
-            norm[i] = str(ipaddress.ip_address(u.strip() if isinstance(u, str) else u))
-        except (ValueError, TypeError):
+        addr = addresses.parse(u) if isinstance(u, str) else None
+        if addr is None:
             norm[i], bad[i] = "", True
+        else:
+            norm[i] = str(addr)
     norm[-1] = ""  # code -1: null, already rejected as missing
     codes = np.where(codes < 0, len(uniques), codes)
     msgs = np.array([f"{name}: {u!r} is not an IP address" for u in uniques] + [""], dtype=object)
     fail(bad[codes], msgs[codes])
     return norm[codes]
+
+
+def _column(values: np.ndarray, index: pd.Index) -> Any:
+    """Keep object arrays as object columns: inferring pandas' Arrow strings costs a copy per batch."""
+    return pd.Series(values, index=index, dtype=object, copy=False) if values.dtype == object else values

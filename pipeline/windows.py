@@ -118,9 +118,9 @@ class EntityWindows:
         ) -> pd.DataFrame:
             return pd.DataFrame(
                 {
-                    "organization.id": org[m],
-                    "observer.name": sensor[m],
-                    "ip": ip[m],
+                    "organization.id": _obj(org[m]),
+                    "observer.name": _obj(sensor[m]),
+                    "ip": _obj(ip[m]),
                     "wstart": wstart[m],
                     "bytes_out": out_b[m],
                     "bytes_in": in_b[m],
@@ -130,10 +130,10 @@ class EntityWindows:
                     "connections_in": (zero if client else one)[m],
                     "failed_connections_out": (failed if client else zero)[m].astype(np.int64),
                     "failed_connections_in": (zero if client else failed)[m].astype(np.int64),
-                    "peer": peer[m],
+                    "peer": _obj(peer[m]),
                     "port": dport[m],
                     "client": np.full(int(m.sum()), client),
-                    "country": peer_country[m],
+                    "country": _obj(peer_country[m]),
                     "offset": offsets[m],
                 }
             )
@@ -259,6 +259,11 @@ def _compact(state: _Open) -> None:
             .reset_index()
         ]
         state.countries = [pd.concat(state.countries, ignore_index=True).drop_duplicates()]
+
+
+def _obj(values: np.ndarray) -> pd.Series:
+    """An object column as is (pandas would otherwise copy strings into an Arrow array)."""
+    return pd.Series(values, dtype=object, copy=False)
 
 
 def _col(df: pd.DataFrame, name: str) -> np.ndarray:
