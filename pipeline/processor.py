@@ -197,8 +197,8 @@ def flow_docs(df: pd.DataFrame) -> list[Doc]:
     if df.empty:
         return []
     cols = [c.name for c in contract.FLOW_COLUMNS]
-    h1 = pd.util.hash_pandas_object(df[cols], index=False, hash_key="taishi-flows-id-1").to_numpy()
-    h2 = pd.util.hash_pandas_object(df[cols], index=False, hash_key="taishi-flows-id-2").to_numpy()
+    h1 = pd.util.hash_pandas_object(df[cols], index=False, hash_key="taishi-flowid-01").to_numpy()
+    h2 = pd.util.hash_pandas_object(df[cols], index=False, hash_key="taishi-flowid-02").to_numpy()
     docs = []
     for (_, row), a, b in zip(df.iterrows(), h1, h2, strict=True):
         src: dict[str, Any] = {}
@@ -206,15 +206,10 @@ def flow_docs(df: pd.DataFrame) -> list[Doc]:
             if _isna(v) or v == "":
                 continue
             if isinstance(v, pd.Timestamp):
-                v = v.isoformat()
+                v = v.isoformat() + ("Z" if v.tzinfo is None else "")
             elif isinstance(v, np.generic):
                 v = v.item()
             _put(src, str(k), v)
-        src["@timestamp"] = (
-            pd.Timestamp(row["@timestamp"]).tz_localize("UTC").isoformat()
-            if pd.Timestamp(row["@timestamp"]).tzinfo is None
-            else pd.Timestamp(row["@timestamp"]).isoformat()
-        )
         src["event"].update({"kind": "event", "category": ["network"]})
         day = pd.Timestamp(row["@timestamp"]).strftime("%Y.%m.%d")
         doc_id = hashlib.sha1(f"{int(a):016x}{int(b):016x}".encode()).hexdigest()[:32]

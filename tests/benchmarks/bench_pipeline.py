@@ -102,7 +102,7 @@ def latency(rate: int, seconds: int) -> None:
     from elasticsearch import Elasticsearch
 
     tag = uuid.uuid4().hex[:8]
-    size, lateness = 10, 2
+    size, lateness = 5, 2
     settings = _settings(tag, size_s=size, allowed_lateness_s=lateness, idle_close_s=30)
     ensure_topics(settings)
     es = Elasticsearch(ES)
@@ -113,7 +113,10 @@ def latency(rate: int, seconds: int) -> None:
     prod = multiprocessing.get_context("spawn").Process(target=_offer, args=(settings, rate, seconds, 1))
     prod.start()
     seen: dict[str, float] = {}
+    stopped_at = float("inf")
     while prod.is_alive() or t.is_alive():
+        if not prod.is_alive() and stopped_at == float("inf"):
+            stopped_at = time.time()
         resp = es.search(index="taishi-entities-v1-*", size=0, query={"range": {"@timestamp": {"gte": "now-1h"}}},
                          aggs={"w": {"terms": {"field": "event.end", "size": 1000}}},
                          ignore_unavailable=True, allow_no_indices=True)
@@ -121,8 +124,10 @@ def latency(rate: int, seconds: int) -> None:
         for b in resp.get("aggregations", {}).get("w", {}).get("buckets", []):
             seen.setdefault(str(b["key"]), now)
         time.sleep(0.1)
-    lat = np.array([t_seen - (int(k) / 1000 + lateness) for k, t_seen in seen.items()])
-    lat = lat[lat > -lateness]  # windows of earlier runs
+    # Steady state only: windows that could close while records were still flowing (the last ones close
+    # later, when the idle partition closes them).
+    closes = {k: int(k) / 1000 + lateness for k in seen}
+    lat = np.array([seen[k] - c for k, c in closes.items() if c <= stopped_at - 1 and seen[k] - c > -lateness])
     if not len(lat):
         print("latency: no windows observed")
         return
