@@ -286,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("retention", help=cmd_retention.__doc__)
     sp.add_argument("--dry-run", action="store_true")
     sp.set_defaults(func=cmd_retention)
+
+    # Collector subcommands live with the collectors (they import neither pandas nor Elasticsearch).
+    try:
+        from taishi.collectors.cli import register
+    except ImportError:
+        pass
+    else:
+        register(sub)
     return p
 
 

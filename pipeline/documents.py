@@ -51,10 +51,24 @@ class _Window(_Strict):
     size_s: int
 
 
+class _Baseline(_Strict):
+    windows: int = Field(ge=0, description="windows of this entity before this one")
+    first_seen: datetime | None = None
+    bytes_out_mean: float | None = None
+    bytes_out_std: float | None = None
+    bytes_in_mean: float | None = None
+    bytes_in_std: float | None = None
+    connections_out_mean: float | None = None
+    connections_out_std: float | None = None
+    distinct_peers_mean: float | None = None
+    distinct_peers_std: float | None = None
+
+
 class _TaishiEntity(_Strict):
     entity: _Entity
     window: _Window
     behaviour: _Behaviour
+    baseline: _Baseline
 
 
 class _Org(_Strict):
@@ -96,6 +110,8 @@ def entities_template() -> dict[str, Any]:
     behaviour = {k: _LONG for k in _Behaviour.model_fields if k not in ("top_ports", "countries")}
     behaviour["top_ports"] = {"type": "integer"}
     behaviour["countries"] = _KW
+    baseline: dict[str, Any] = {k: {"type": "float"} for k in _Baseline.model_fields}
+    baseline.update(windows=_LONG, first_seen=_DATE)
     return {
         "index_patterns": [f"{contract.ENTITIES_INDEX}-*"],
         "priority": 200,
@@ -114,6 +130,7 @@ def entities_template() -> dict[str, Any]:
                         entity=_props(ip=_IP, id=_KW),
                         window=_props(size_s=_LONG),
                         behaviour=_props(**behaviour),
+                        baseline=_props(**baseline),
                     ),
                 },
             },

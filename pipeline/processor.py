@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from taishi.pipeline import contract, wire
+from taishi.pipeline.baselines import Baselines
 from taishi.pipeline.config import Settings
 from taishi.pipeline.enrich import Enricher
 from taishi.pipeline.validate import validate_flows
@@ -73,12 +74,19 @@ class PartitionProcessor:
     """Turns one partition's messages into documents, keeping its open windows."""
 
     def __init__(
-        self, settings: Settings, enricher: Enricher, partition: int, watermark_ms: int = NO_WATERMARK
+        self,
+        settings: Settings,
+        enricher: Enricher,
+        partition: int,
+        watermark_ms: int = NO_WATERMARK,
+        baselines: Baselines | None = None,
     ) -> None:
         self.settings = settings
         self.enricher = enricher
         self.partition = partition
-        self.windows = EntityWindows(settings.window.size_s, settings.window.allowed_lateness_s, watermark_ms)
+        self.windows = EntityWindows(
+            settings.window.size_s, settings.window.allowed_lateness_s, watermark_ms, baselines
+        )
         self.next_offset: int | None = None
         self.counters = Counters()
         self._flow_orgs = {i.id for i in settings.institutions if i.index_flows}

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from taishi.pipeline.baselines import Baselines
 from taishi.pipeline.config import Settings
 from taishi.pipeline.enrich import Enricher
 from taishi.pipeline.processor import (
@@ -130,9 +131,11 @@ class KafkaPipeline:
             log.info("partition %d: fetched from %d, rewinding to committed %d", tp.partition, first_offset, start)
             self._consumer.seek(tp, start)
             return None
-        proc = self._procs[tp] = PartitionProcessor(self.settings, self.enricher, tp.partition, wm)
+        baselines = self._restore_baselines(tp.partition)
+        proc = self._procs[tp] = PartitionProcessor(self.settings, self.enricher, tp.partition, wm, baselines)
         self._last_seen[tp] = time.monotonic()
-        log.info("partition %d: resuming at offset %d, watermark %s", tp.partition, start, wm)
+        log.info("partition %d: resuming at offset %d, watermark %s, %d entity baselines",
+                 tp.partition, start, wm, len(baselines))
         return proc
 
     # Main loop ----------------------------------------------------------------------------------------
@@ -214,6 +217,7 @@ class KafkaPipeline:
                     docs.extend(self._procs[tp].flush())
                     done.append(tp)
                 self._store(docs, dead, producer)
+                self._checkpoint(producer, done)
                 offsets = {}
                 for tp in done:
                     proc = self._procs.get(tp)
@@ -234,6 +238,47 @@ class KafkaPipeline:
             consumer.close(autocommit=False)
             self.sink.close()
         return self.status
+
+    def _restore_baselines(self, partition: int) -> Baselines:
+        """Read the partition of the compacted state topic from its start to its end."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        k = self.settings.kafka
+        baselines = Baselines()
+        consumer = KafkaConsumer(client_id=f"{k.client_id}-state", enable_auto_commit=False, **k.client_options())
+        try:
+            tp = TopicPartition(k.state_topic, partition)
+            if partition not in (consumer.partitions_for_topic(k.state_topic) or set()):
+                return baselines
+            consumer.assign([tp])
+            consumer.seek_to_beginning(tp)
+            end = consumer.end_offsets([tp])[tp]
+            records: list[tuple[bytes, bytes | None]] = []
+            deadline = time.monotonic() + 120
+            while consumer.position(tp) < end:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"state topic {k.state_topic}/{partition}: restore did not reach offset {end}")
+                for recs in consumer.poll(timeout_ms=500).values():
+                    records.extend((r.key, r.value) for r in recs if r.key is not None)
+            baselines.restore(records)
+            return baselines
+        finally:
+            consumer.close(autocommit=False)
+
+    def _checkpoint(self, producer: Any, done: list[Any]) -> None:
+        """Send the changed baselines of these partitions to the compacted state topic and wait for acks."""
+        k = self.settings.kafka
+        futures = []
+        for tp in done:
+            proc = self._procs.get(tp)
+            if proc is None:
+                continue
+            for key, value in proc.windows.baselines.take_dirty():
+                futures.append(producer.send(k.state_topic, key=key, value=value, partition=tp.partition))
+        if futures:
+            producer.flush()
+            for fut in futures:
+                fut.get(timeout=30)
 
     def _caught_up(self, tp: Any) -> bool:
         """True when nothing is waiting on the partition: a quiet source, not a busy consumer."""

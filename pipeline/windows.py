@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from taishi.pipeline import contract
+from taishi.pipeline.baselines import Baselines
 
 KEYS = ["organization.id", "observer.name", "ip", "wstart"]
 SUMS = [
@@ -61,13 +62,15 @@ class Doc:
 class EntityWindows:
     """Tumbling event-time windows of per-entity behaviour for one partition."""
 
-    def __init__(self, size_s: int, allowed_lateness_s: int, watermark_ms: int = NO_WATERMARK) -> None:
+    def __init__(self, size_s: int, allowed_lateness_s: int, watermark_ms: int = NO_WATERMARK,
+                 baselines: Baselines | None = None) -> None:
         if size_s <= 0 or allowed_lateness_s < 0:
             raise ValueError("window size must be > 0 and lateness >= 0")
         self.size_ms = size_s * 1000
         self.lateness_ms = allowed_lateness_s * 1000
         self.watermark_ms = watermark_ms
         self.late_records = 0
+        self.baselines = baselines if baselines is not None else Baselines()
         self._open: dict[int, _Open] = {}
 
     @property
@@ -204,10 +207,10 @@ class EntityWindows:
             .rename("countries")
         )
         table = sums.join(peers).join(dports).join(top).join(countries).reset_index().sort_values(KEYS[:3])
-        return entity_docs(table, self.size_ms)
+        return entity_docs(table, self.size_ms, self.baselines)
 
 
-def entity_docs(table: pd.DataFrame, size_ms: int) -> list[Doc]:
+def entity_docs(table: pd.DataFrame, size_ms: int, baselines: Baselines) -> list[Doc]:
     """Build entity-window documents (see documents.EntityWindow) from a closed window's table."""
     docs = []
     table = table.rename(columns={"organization.id": "org", "observer.name": "sensor"})
@@ -222,6 +225,7 @@ def entity_docs(table: pd.DataFrame, size_ms: int) -> list[Doc]:
         beh["top_ports"] = r["top_ports"] if isinstance(r["top_ports"], list) else []
         beh["countries"] = r["countries"] if isinstance(r["countries"], list) else []
         doc_id = hashlib.sha1(f"{org}|{sensor}|{ip}|{w}".encode()).hexdigest()[:32]
+        baseline = baselines.apply(f"{org}|{sensor}|{ip}", w, beh)
         source = {
             "@timestamp": start.isoformat().replace("+00:00", "Z"),
             "event": {
@@ -240,6 +244,7 @@ def entity_docs(table: pd.DataFrame, size_ms: int) -> list[Doc]:
                 "entity": {"ip": ip, "id": f"{org}|{ip}"},
                 "window": {"size_s": size_ms // 1000},
                 "behaviour": beh,
+                "baseline": baseline,
             },
         }
         docs.append(

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from taishi.pipeline import wire
+from taishi.pipeline.baselines import Baselines
 from taishi.pipeline.config import Institution, Settings
 from taishi.pipeline.embedded import MemoryBus
 from taishi.pipeline.enrich import Enricher
@@ -28,10 +29,16 @@ def stream():
     return settings, bus.read(settings.kafka.flows_topic, 0)
 
 
-def _run(settings, msgs, step, start=0, wm=None, stop=None):
-    """Process msgs[start:stop] in polls of `step`; return docs by id and the commit point."""
+def _run(settings, msgs, step, start=0, wm=None, stop=None, checkpoint=None):
+    """Process msgs[start:stop] in polls of `step`; return the processor and the docs by id.
+
+    `checkpoint` (state-topic records) restores baselines, as the Kafka runner does on assignment.
+    """
+    baselines = Baselines()
+    if checkpoint:
+        baselines.restore(checkpoint)
     kwargs = {} if wm is None else {"watermark_ms": wm}
-    proc = PartitionProcessor(settings, Enricher(settings, indicators={}), 0, **kwargs)
+    proc = PartitionProcessor(settings, Enricher(settings, indicators={}), 0, baselines=baselines, **kwargs)
     docs = {}
     for i in range(start, stop if stop is not None else len(msgs), step):
         for d in proc.process(msgs[i : min(i + step, stop or len(msgs))])[0]:
@@ -48,21 +55,27 @@ def test_batch_cuts_do_not_change_documents(stream):
     assert a == b and len(a) > 50
 
 
-@pytest.mark.parametrize("crash_at", [3, 40, 101, 170])
-def test_replay_from_commit_rebuilds_exactly_the_uninterrupted_documents(stream, crash_at):
+@pytest.mark.parametrize(("crash_at", "state_lead"), [(3, 0), (40, 0), (101, 25), (170, 40)])
+def test_replay_from_commit_rebuilds_exactly_the_uninterrupted_documents(stream, crash_at, state_lead):
     settings, msgs = stream
     ref_proc, ref = _run(settings, msgs, 5)
     ref.update({d.id: d.source for d in ref_proc.flush()})
 
     # Run until a crash after message `crash_at`; what was written stays written (ES), then restart
-    # from the committed offset with the committed watermark, as the Kafka runner does.
+    # from the committed offset with the committed watermark and the checkpointed baselines, as the Kafka
+    # runner does. With `state_lead`, the checkpoint is newer than the commit (the process died between
+    # writing the state topic and committing offsets).
     first, written = _run(settings, msgs, 5, stop=crash_at)
     offset, meta = first.commit_offset(), first.commit_metadata()
     assert offset is not None and offset <= crash_at
-    second, more = _run(settings, msgs, 5, start=offset, wm=watermark_from_metadata(meta))
+    ahead, more = _run(settings, msgs, 5, stop=min(len(msgs), crash_at + state_lead))
+    written.update(more)
+    checkpoint = (ahead if state_lead else first).windows.baselines.take_dirty()
+    second, more = _run(settings, msgs, 5, start=offset, wm=watermark_from_metadata(meta), checkpoint=checkpoint)
     written.update(more)
     written.update({d.id: d.source for d in second.flush()})
     assert written == ref
+    assert any(d["taishi"]["baseline"]["windows"] > 2 for d in ref.values())
 
 
 def test_late_records_are_counted_not_silently_dropped():
