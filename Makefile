@@ -23,13 +23,13 @@ demo: setup ## simulate a sector and run it through the pipeline in-process (no 
 
 test: setup ## start the real Kafka + Elasticsearch, run every test, stop them
 	$(STACK) up
-	$(BIN)/pytest; rc=$$?; $(STACK) down; exit $$rc
+	set -a; eval "$$($(STACK) env)"; set +a; $(BIN)/pytest; rc=$$?; $(STACK) down; exit $$rc
 
 test-fast: setup ## unit tests only (no servers)
 	$(BIN)/pytest -m "not integration"
 
 test-integration: setup ## integration tests on an already running stack (make stack-up)
-	$(BIN)/pytest -m integration
+	set -a; eval "$$($(STACK) env)"; set +a; $(BIN)/pytest -m integration
 
 lint: setup ## ruff and mypy
 	$(BIN)/ruff check .
