@@ -7,7 +7,6 @@ came from; the good records of the same message go on.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,21 +206,20 @@ def flow_docs(df: pd.DataFrame) -> list[Doc]:
     cols = [c.name for c in contract.FLOW_COLUMNS]
     h1 = pd.util.hash_pandas_object(df[cols], index=False, hash_key="taishi-flowid-01").to_numpy()
     h2 = pd.util.hash_pandas_object(df[cols], index=False, hash_key="taishi-flowid-02").to_numpy()
+    out = df.copy()
+    for name in ("@timestamp", "event.end"):
+        out[name] = pd.to_datetime(out[name], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    days = pd.to_datetime(df["@timestamp"], utc=True).dt.strftime("%Y.%m.%d").to_numpy(object)
+    orgs = df["organization.id"].to_numpy(object)
     docs = []
-    for (_, row), a, b in zip(df.iterrows(), h1, h2, strict=True):
-        src: dict[str, Any] = {}
-        for k, v in row.items():
-            if _isna(v) or v == "":
+    for rec, org, day, a, b in zip(out.to_dict("records"), orgs, days, h1, h2, strict=True):
+        src: dict[str, Any] = {"event": {"kind": "event", "category": ["network"]}}
+        for k, v in rec.items():
+            if v is None or v == "" or (isinstance(v, float) and v != v):
                 continue
-            if isinstance(v, pd.Timestamp):
-                v = v.isoformat() + ("Z" if v.tzinfo is None else "")
-            elif isinstance(v, np.generic):
-                v = v.item()
-            _put(src, str(k), v)
-        src["event"].update({"kind": "event", "category": ["network"]})
-        day = pd.Timestamp(row["@timestamp"]).strftime("%Y.%m.%d")
-        doc_id = hashlib.sha1(f"{int(a):016x}{int(b):016x}".encode()).hexdigest()[:32]
-        docs.append(Doc(contract.index_name(contract.FLOWS_INDEX, row["organization.id"], day), doc_id, src))
+            _put(src, k, v.item() if isinstance(v, np.generic) else v)
+        doc_id = f"{int(a):016x}{int(b):016x}"
+        docs.append(Doc(contract.index_name(contract.FLOWS_INDEX, org, day), doc_id, src))
     return docs
 
 
