@@ -14,8 +14,8 @@ first time — so replays still write identical documents.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -93,7 +93,9 @@ class Baselines:
 
     def _evict(self) -> None:
         """Drop the tenth of entities seen longest ago (bounded state under churn)."""
-        by_age = sorted(self._state, key=lambda k: self._state[k].history[-1][0] if self._state[k].history else 0)
+        by_age = sorted(
+            self._state, key=lambda k: self._state[k].history[-1][0] if self._state[k].history else 0
+        )
         for k in by_age[: max(1, len(by_age) // 10)]:
             del self._state[k]
             self._dirty.discard(k)
@@ -101,7 +103,11 @@ class Baselines:
     # Checkpointing -------------------------------------------------------------------------------------
     def take_dirty(self) -> list[tuple[bytes, bytes]]:
         """(key, value) records of the entities changed since the last call, for the compacted topic."""
-        out = [(k.encode(), orjson.dumps(_encode(self._state[k]))) for k in sorted(self._dirty) if k in self._state]
+        out = [
+            (k.encode(), orjson.dumps(_encode(self._state[k])))
+            for k in sorted(self._dirty)
+            if k in self._state
+        ]
         self._dirty.clear()
         return out
 
@@ -120,8 +126,13 @@ def _iso(ms: int) -> str:
 
 
 def _encode(b: Baseline) -> dict[str, Any]:
-    return {"n": b.windows, "first": b.first_seen_ms, "mean": b.mean, "var": b.var,
-            "hist": [[w, v] for w, v in b.history]}
+    return {
+        "n": b.windows,
+        "first": b.first_seen_ms,
+        "mean": b.mean,
+        "var": b.var,
+        "hist": [[w, v] for w, v in b.history],
+    }
 
 
 def _decode(d: dict[str, Any]) -> Baseline:

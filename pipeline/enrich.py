@@ -43,9 +43,14 @@ def load_indicators(paths: Iterable[Path]) -> dict[str, Indicator]:
     out: dict[str, Indicator] = {}
     for path in paths:
         text = Path(path).read_text(encoding="utf-8")
-        lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        numbered = [
+            (no, ln)
+            for no, ln in enumerate(text.splitlines(), start=1)
+            if ln.strip() and not ln.lstrip().startswith("#")
+        ]
+        lines = [ln for _, ln in numbered]
         if lines and lines[0].lower().startswith("indicator,"):
-            for lineno, row in enumerate(csv.DictReader(lines), start=2):
+            for (lineno, _), row in zip(numbered[1:], csv.DictReader(lines), strict=False):
                 value = (row.get("indicator") or "").strip()
                 if not value:
                     raise ValueError(f"{path}:{lineno}: empty indicator")
@@ -186,10 +191,10 @@ class Enricher:
         if hit is None:
             country, asn, org = "", 0, ""
             if self._geo:
-                rec = self._geo.get(ip) or {}
+                rec = _mmdb_get(self._geo, self._settings.enrich.geoip_country_db, ip)
                 country = ((rec.get("country") or rec.get("registered_country") or {}).get("iso_code")) or ""
             if self._asn:
-                rec = self._asn.get(ip) or {}
+                rec = _mmdb_get(self._asn, self._settings.enrich.geoip_asn_db, ip)
                 asn = int(rec.get("autonomous_system_number") or 0)
                 org = rec.get("autonomous_system_organization") or ""
             hit = (country, asn, org)
@@ -224,7 +229,11 @@ def _load_assets(path: Path) -> dict[tuple[str, str], tuple[str, str]]:
             raise ValueError(
                 f"asset inventory {path}: header must contain {sorted(need)}, got {reader.fieldnames}"
             )
-        for lineno, row in enumerate(reader, start=2):
+        for row in reader:
+            lineno = reader.line_num
+            missing = sorted(k for k in need if row.get(k) is None)
+            if missing:
+                raise ValueError(f"asset inventory {path}:{lineno}: no value for {missing}")
             try:
                 ip = str(ipaddress.ip_address(row["ip"].strip()))
             except ValueError:
@@ -236,6 +245,18 @@ def _load_assets(path: Path) -> dict[tuple[str, str], tuple[str, str]]:
                 (row.get("criticality") or "").strip(),
             )
     return out
+
+
+def _mmdb_get(db: Any, path: Path | None, ip: str) -> dict[str, Any]:
+    """One lookup; an IPv6 address in an IPv4-only database is simply not found."""
+    import maxminddb
+
+    if ":" in ip and db.metadata().ip_version == 4:
+        return {}
+    try:
+        return db.get(ip) or {}
+    except maxminddb.InvalidDatabaseError as exc:
+        raise ValueError(f"GeoIP database {path}: {exc}") from None
 
 
 def _open_mmdb(path: Path | None) -> Any:

@@ -65,7 +65,7 @@ class Counters:
     docs: int = 0
 
     def add(self, other: Counters) -> None:
-        for k in self.__slots__:  # type: ignore[attr-defined]
+        for k in self.__slots__:
             setattr(self, k, getattr(self, k) + getattr(other, k))
 
 

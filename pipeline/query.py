@@ -105,13 +105,14 @@ class ElasticsearchStore:
         out = []
         for b in resp.get("aggregations", {}).get("e", {}).get("buckets", []):
             o, h = b["key"].split("|", 1)
+            sums = {f: int(b[f]["value"] or 0) for f in _SUM_FIELDS}
             out.append(
                 EntitySummary(
-                    o,
-                    h,
-                    int(b["doc_count"]),
-                    *(int(b[f]["value"] or 0) for f in _SUM_FIELDS),
-                    int(b["peers"]["value"] or 0),
+                    org=o,
+                    ip=h,
+                    windows=int(b["doc_count"]),
+                    max_distinct_peers=int(b["peers"]["value"] or 0),
+                    **sums,
                 )
             )
         return out

@@ -9,6 +9,7 @@ Scale-out is Kafka's consumer group: state is per partition, rebuilt on assignme
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -49,7 +50,9 @@ class Status:
     commits: int = 0
     busy_seconds: float = 0.0  # wall time spent processing polled batches (excludes waiting)
     busy_cpu_seconds: float = 0.0  # CPU time of this process over the same spans
-    active_cpu_seconds: float = 0.0  # CPU time from start to the last batch, polling and decompression included
+    active_cpu_seconds: float = (
+        0.0  # CPU time from start to the last batch, polling and decompression included
+    )
 
 
 def ensure_topics(settings: Settings) -> None:
@@ -68,10 +71,8 @@ def ensure_topics(settings: Settings) -> None:
         ]
         new = [t for t in wanted if t.name not in existing]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()
 
@@ -128,14 +129,21 @@ class KafkaPipeline:
             self._consumer.seek_to_beginning(tp)
             start = self._consumer.position(tp)
         if first_offset != start:
-            log.info("partition %d: fetched from %d, rewinding to committed %d", tp.partition, first_offset, start)
+            log.info(
+                "partition %d: fetched from %d, rewinding to committed %d", tp.partition, first_offset, start
+            )
             self._consumer.seek(tp, start)
             return None
         baselines = self._restore_baselines(tp.partition)
         proc = self._procs[tp] = PartitionProcessor(self.settings, self.enricher, tp.partition, wm, baselines)
         self._last_seen[tp] = time.monotonic()
-        log.info("partition %d: resuming at offset %d, watermark %s, %d entity baselines",
-                 tp.partition, start, wm, len(baselines))
+        log.info(
+            "partition %d: resuming at offset %d, watermark %s, %d entity baselines",
+            tp.partition,
+            start,
+            wm,
+            len(baselines),
+        )
         return proc
 
     # Main loop ----------------------------------------------------------------------------------------
@@ -174,9 +182,14 @@ class KafkaPipeline:
             while not self._stop.is_set():
                 polled = consumer.poll(timeout_ms=500)
                 now = time.monotonic()
-                idle = [tp for tp, p in self._procs.items() if p.windows.open_windows and tp not in polled
-                        and now - self._last_seen.get(tp, now) > self.settings.window.idle_close_s
-                        and self._caught_up(tp)]
+                idle = [
+                    tp
+                    for tp, p in self._procs.items()
+                    if p.windows.open_windows
+                    and tp not in polled
+                    and now - self._last_seen.get(tp, now) > self.settings.window.idle_close_s
+                    and self._caught_up(tp)
+                ]
                 if not polled and not idle:
                     if not consumer.assignment():
                         last_msg = now  # idle means caught up, not waiting for a rebalance
@@ -198,16 +211,22 @@ class KafkaPipeline:
                         # The consumer's position moved under us (a rebalance reset it to the committed
                         # offset): skip what this processor already holds, rebuild on a gap.
                         if records[0].offset > proc.next_offset:
-                            log.warning("partition %d: offset jumped %d -> %d; rebuilding from the commit",
-                                        tp.partition, proc.next_offset, records[0].offset)
+                            log.warning(
+                                "partition %d: offset jumped %d -> %d; rebuilding from the commit",
+                                tp.partition,
+                                proc.next_offset,
+                                records[0].offset,
+                            )
                             del self._procs[tp]
                             self._consumer.seek(tp, self._consumer.committed(tp) or 0)
                             continue
                         records = [r for r in records if r.offset >= proc.next_offset]
                         if not records:
                             continue
-                    msgs = [Message(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or []))
-                            for r in records]
+                    msgs = [
+                        Message(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or []))
+                        for r in records
+                    ]
                     d, dl = proc.process(msgs)
                     docs.extend(d)
                     dead.extend(dl)
@@ -245,7 +264,9 @@ class KafkaPipeline:
 
         k = self.settings.kafka
         baselines = Baselines()
-        consumer = KafkaConsumer(client_id=f"{k.client_id}-state", enable_auto_commit=False, **k.client_options())
+        consumer = KafkaConsumer(
+            client_id=f"{k.client_id}-state", enable_auto_commit=False, **k.client_options()
+        )
         try:
             tp = TopicPartition(k.state_topic, partition)
             if partition not in (consumer.partitions_for_topic(k.state_topic) or set()):
@@ -257,7 +278,9 @@ class KafkaPipeline:
             deadline = time.monotonic() + 120
             while consumer.position(tp) < end:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"state topic {k.state_topic}/{partition}: restore did not reach offset {end}")
+                    raise RuntimeError(
+                        f"state topic {k.state_topic}/{partition}: restore did not reach offset {end}"
+                    )
                 for recs in consumer.poll(timeout_ms=500).values():
                     records.extend((r.key, r.value) for r in recs if r.key is not None)
             baselines.restore(records)
@@ -308,7 +331,7 @@ class KafkaPipeline:
         st = self.status
         st.updated_at = time.time()
         st.partitions = sorted(tp.partition for tp in self._procs)
-        st.counters = {k: getattr(c, k) for k in Counters.__slots__}  # type: ignore[attr-defined]
+        st.counters = {k: getattr(c, k) for k in Counters.__slots__}
         st.late_records = sum(p.windows.late_records for p in self._procs.values())
         st.open_windows = sum(p.windows.open_windows for p in self._procs.values())
         try:
@@ -328,7 +351,7 @@ def _listener(pipe: KafkaPipeline) -> Any:
     """kafka-python wants a ConsumerRebalanceListener subclass; delegate to the pipeline."""
     from kafka import ConsumerRebalanceListener
 
-    class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    class _Listener(ConsumerRebalanceListener):
         def on_partitions_revoked(self, revoked: Any) -> None:
             pipe.on_partitions_revoked(revoked)
 

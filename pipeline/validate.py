@@ -167,7 +167,7 @@ def validate_flows(raw: pd.DataFrame, default_sensor: str = "", seed: int = 0) -
     return Validated(frame=frame, rejected=rejected)
 
 
-def _timestamps(raw: pd.DataFrame, name: str, fail, n: int, optional: bool = False) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _timestamps(raw: pd.DataFrame, name: str, fail, n: int, optional: bool = False) -> np.ndarray:
     """Parse a timestamp column: datetime, epoch milliseconds, or ISO 8601 text."""
     if name not in raw.columns:
         return np.full(n, np.datetime64("NaT"), dtype="datetime64[ms]")
@@ -189,7 +189,7 @@ def _timestamps(raw: pd.DataFrame, name: str, fail, n: int, optional: bool = Fal
     return ts.dt.tz_localize(None).to_numpy("datetime64[ms]")
 
 
-def _ips(raw: pd.DataFrame, name: str, fail, n: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _ips(raw: pd.DataFrame, name: str, fail, n: int) -> np.ndarray:
     """Validate and normalise an address column, parsing each distinct value once."""
     if name not in raw.columns:
         return np.full(n, "", dtype=object)

@@ -62,8 +62,13 @@ class Doc:
 class EntityWindows:
     """Tumbling event-time windows of per-entity behaviour for one partition."""
 
-    def __init__(self, size_s: int, allowed_lateness_s: int, watermark_ms: int = NO_WATERMARK,
-                 baselines: Baselines | None = None) -> None:
+    def __init__(
+        self,
+        size_s: int,
+        allowed_lateness_s: int,
+        watermark_ms: int = NO_WATERMARK,
+        baselines: Baselines | None = None,
+    ) -> None:
         if size_s <= 0 or allowed_lateness_s < 0:
             raise ValueError("window size must be > 0 and lateness >= 0")
         self.size_ms = size_s * 1000
@@ -151,7 +156,7 @@ class EntityWindows:
         if long.empty:
             return
         for w, part in long.groupby("wstart", sort=False):
-            w = int(w)  # type: ignore[call-overload]
+            w = int(w)
             state = self._open.get(w)
             first = int(part["offset"].min())
             if state is None:

@@ -33,9 +33,15 @@ ES = os.environ.get("TAISHI_ELASTICSEARCH__URL", "http://127.0.0.1:39200")
 
 def _settings(tag: str, **window: float) -> Settings:
     return Settings(
-        kafka={"bootstrap_servers": KAFKA, "flows_topic": f"bench.flows.{tag}", "dlq_topic": f"bench.dlq.{tag}",
-               "state_topic": f"bench.state.{tag}", "group_id": f"bench-{tag}", "partitions": 4,
-               "max_poll_records": 50},
+        kafka={
+            "bootstrap_servers": KAFKA,
+            "flows_topic": f"bench.flows.{tag}",
+            "dlq_topic": f"bench.dlq.{tag}",
+            "state_topic": f"bench.state.{tag}",
+            "group_id": f"bench-{tag}",
+            "partitions": 4,
+            "max_poll_records": 50,
+        },
         elasticsearch={"url": ES},
         window=window or {"size_s": 300, "allowed_lateness_s": 60, "idle_close_s": 2},
     )
@@ -45,9 +51,17 @@ def raw_consume(settings: Settings) -> tuple[float, int, int]:
     """kafka-python alone: iterate every message of the topic; (seconds, messages, records)."""
     from kafka import KafkaConsumer
 
-    c = KafkaConsumer(settings.kafka.flows_topic, bootstrap_servers=KAFKA, group_id=f"raw-{uuid.uuid4().hex[:6]}",
-                      auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=50,
-                      fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20, consumer_timeout_ms=3000)
+    c = KafkaConsumer(
+        settings.kafka.flows_topic,
+        bootstrap_servers=KAFKA,
+        group_id=f"raw-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=50,
+        fetch_max_bytes=64 << 20,
+        max_partition_fetch_bytes=16 << 20,
+        consumer_timeout_ms=3000,
+    )
     msgs = recs = 0
     t0 = time.process_time()
     for m in c:
@@ -67,14 +81,18 @@ def throughput(records: int) -> None:
     ensure_topics(settings)
     produce_columns(settings, cols)
     cpu, msgs, recs = raw_consume(settings)
-    print(f"raw kafka-python consume of the topic: {msgs:,} messages ({recs:,} records) "
-          f"in {cpu:.2f} CPU s = {msgs / cpu:,.0f} msg/s, {recs / cpu:,.0f} records/s per core")
+    print(
+        f"raw kafka-python consume of the topic: {msgs:,} messages ({recs:,} records) "
+        f"in {cpu:.2f} CPU s = {msgs / cpu:,.0f} msg/s, {recs / cpu:,.0f} records/s per core"
+    )
     st = KafkaPipeline(settings, ElasticsearchSink(settings.elasticsearch)).run(idle_exit_s=5)
     n = st.counters["records_valid"]
-    print(f"pipeline (consume, validate, enrich, windows, Elasticsearch): {n:,} records, {st.counters['docs']:,} "
-          f"entity documents; {st.active_cpu_seconds:.2f} CPU s (polling included) = "
-          f"{n / st.active_cpu_seconds:,.0f} records/s per core; our processing alone {st.busy_cpu_seconds:.2f} CPU s "
-          f"= {n / st.busy_cpu_seconds:,.0f} records/s per core")
+    print(
+        f"pipeline (consume, validate, enrich, windows, Elasticsearch): {n:,} records, {st.counters['docs']:,} "
+        f"entity documents; {st.active_cpu_seconds:.2f} CPU s (polling included) = "
+        f"{n / st.active_cpu_seconds:,.0f} records/s per core; our processing alone {st.busy_cpu_seconds:.2f} CPU s "
+        f"= {n / st.busy_cpu_seconds:,.0f} records/s per core"
+    )
 
 
 def _offer(settings: Settings, rate: int, seconds: int, seed: int) -> None:
@@ -117,9 +135,14 @@ def latency(rate: int, seconds: int) -> None:
     while prod.is_alive() or t.is_alive():
         if not prod.is_alive() and stopped_at == float("inf"):
             stopped_at = time.time()
-        resp = es.search(index="taishi-entities-v1-*", size=0, query={"range": {"@timestamp": {"gte": "now-1h"}}},
-                         aggs={"w": {"terms": {"field": "event.end", "size": 1000}}},
-                         ignore_unavailable=True, allow_no_indices=True)
+        resp = es.search(
+            index="taishi-entities-v1-*",
+            size=0,
+            query={"range": {"@timestamp": {"gte": "now-1h"}}},
+            aggs={"w": {"terms": {"field": "event.end", "size": 1000}}},
+            ignore_unavailable=True,
+            allow_no_indices=True,
+        )
         now = time.time()
         for b in resp.get("aggregations", {}).get("w", {}).get("buckets", []):
             seen.setdefault(str(b["key"]), now)
@@ -127,13 +150,17 @@ def latency(rate: int, seconds: int) -> None:
     # Steady state only: windows that could close while records were still flowing (the last ones close
     # later, when the idle partition closes them).
     closes = {k: int(k) / 1000 + lateness for k in seen}
-    lat = np.array([seen[k] - c for k, c in closes.items() if c <= stopped_at - 1 and seen[k] - c > -lateness])
+    lat = np.array(
+        [seen[k] - c for k, c in closes.items() if c <= stopped_at - 1 and seen[k] - c > -lateness]
+    )
     if not len(lat):
         print("latency: no windows observed")
         return
-    print(f"latency at {rate:,} records/s offered for {seconds} s ({len(lat)} windows of {size} s, lateness "
-          f"{lateness} s): searchable after window close p50 {np.percentile(lat, 50):.2f} s, "
-          f"p95 {np.percentile(lat, 95):.2f} s, max {lat.max():.2f} s")
+    print(
+        f"latency at {rate:,} records/s offered for {seconds} s ({len(lat)} windows of {size} s, lateness "
+        f"{lateness} s): searchable after window close p50 {np.percentile(lat, 50):.2f} s, "
+        f"p95 {np.percentile(lat, 95):.2f} s, max {lat.max():.2f} s"
+    )
 
 
 def main() -> None:

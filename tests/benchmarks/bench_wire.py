@@ -52,13 +52,23 @@ def main() -> None:
             pd.DataFrame.from_records(wire.decode(m, hn).rows)
 
     figures = {
-        "arrow": (_best(lambda: [wire.encode_arrow(p) for p in parts], args.repeat), _best(dec_arrow, args.repeat),
-                  sum(map(len, arrow_msgs)), sum(len(lz4.frame.compress(m)) for m in arrow_msgs)),
-        "ndjson": (_best(lambda: [wire.encode_ndjson(r) for r in rows], args.repeat), _best(dec_ndjson, args.repeat),
-                   sum(map(len, ndjson_msgs)), sum(len(lz4.frame.compress(m)) for m in ndjson_msgs)),
+        "arrow": (
+            _best(lambda: [wire.encode_arrow(p) for p in parts], args.repeat),
+            _best(dec_arrow, args.repeat),
+            sum(map(len, arrow_msgs)),
+            sum(len(lz4.frame.compress(m)) for m in arrow_msgs),
+        ),
+        "ndjson": (
+            _best(lambda: [wire.encode_ndjson(r) for r in rows], args.repeat),
+            _best(dec_ndjson, args.repeat),
+            sum(map(len, ndjson_msgs)),
+            sum(len(lz4.frame.compress(m)) for m in ndjson_msgs),
+        ),
     }
     print(f"{n:,} simulated flow records, {b:,} per message, one core, best of {args.repeat} (CPU time)")
-    print(f"{'encoding':<8} {'encode rec/s':>14} {'decode->DataFrame rec/s':>24} {'bytes/rec':>10} {'lz4 bytes/rec':>14}")
+    print(
+        f"{'encoding':<8} {'encode rec/s':>14} {'decode->DataFrame rec/s':>24} {'bytes/rec':>10} {'lz4 bytes/rec':>14}"
+    )
     for name, (enc, dec, size, csize) in figures.items():
         print(f"{name:<8} {n / enc:>14,.0f} {n / dec:>24,.0f} {size / n:>10.1f} {csize / n:>14.1f}")
 

@@ -59,8 +59,14 @@ def tag() -> str:
 @pytest.fixture
 def settings(stack: None, tag: str) -> Settings:
     return Settings(
-        kafka={"bootstrap_servers": KAFKA, "flows_topic": f"taishi.flows.v1.{tag}", "dlq_topic": f"taishi.dlq.v1.{tag}",
-               "state_topic": f"taishi.state.v1.{tag}", "group_id": f"taishi-{tag}", "partitions": 4},
+        kafka={
+            "bootstrap_servers": KAFKA,
+            "flows_topic": f"taishi.flows.v1.{tag}",
+            "dlq_topic": f"taishi.dlq.v1.{tag}",
+            "state_topic": f"taishi.state.v1.{tag}",
+            "group_id": f"taishi-{tag}",
+            "partitions": 4,
+        },
         elasticsearch={"url": ES, "retry_backoff_s": 0.2},
         window={"size_s": 300, "allowed_lateness_s": 60, "idle_close_s": 2},
     )
@@ -87,15 +93,21 @@ def env_for(settings: Settings) -> dict[str, str]:
     """Environment that makes a `taishi` subprocess use these settings."""
     env = dict(os.environ)
     k, w = settings.kafka, settings.window
-    env.update({
-        "TAISHI_KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers, "TAISHI_KAFKA__FLOWS_TOPIC": k.flows_topic,
-        "TAISHI_KAFKA__DLQ_TOPIC": k.dlq_topic, "TAISHI_KAFKA__STATE_TOPIC": k.state_topic,
-        "TAISHI_KAFKA__GROUP_ID": k.group_id, "TAISHI_KAFKA__PARTITIONS": str(k.partitions),
-        "TAISHI_KAFKA__MAX_POLL_RECORDS": str(k.max_poll_records),
-        "TAISHI_ELASTICSEARCH__URL": settings.elasticsearch.url,
-        "TAISHI_WINDOW__SIZE_S": str(w.size_s), "TAISHI_WINDOW__ALLOWED_LATENESS_S": str(w.allowed_lateness_s),
-        "TAISHI_WINDOW__IDLE_CLOSE_S": str(w.idle_close_s),
-    })
+    env.update(
+        {
+            "TAISHI_KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers,
+            "TAISHI_KAFKA__FLOWS_TOPIC": k.flows_topic,
+            "TAISHI_KAFKA__DLQ_TOPIC": k.dlq_topic,
+            "TAISHI_KAFKA__STATE_TOPIC": k.state_topic,
+            "TAISHI_KAFKA__GROUP_ID": k.group_id,
+            "TAISHI_KAFKA__PARTITIONS": str(k.partitions),
+            "TAISHI_KAFKA__MAX_POLL_RECORDS": str(k.max_poll_records),
+            "TAISHI_ELASTICSEARCH__URL": settings.elasticsearch.url,
+            "TAISHI_WINDOW__SIZE_S": str(w.size_s),
+            "TAISHI_WINDOW__ALLOWED_LATENESS_S": str(w.allowed_lateness_s),
+            "TAISHI_WINDOW__IDLE_CLOSE_S": str(w.idle_close_s),
+        }
+    )
     return env
 
 
@@ -104,7 +116,10 @@ def start_pipeline(settings: Settings, *extra: str, log: Path | None = None) -> 
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     return subprocess.Popen(
         [sys.executable, "-m", "taishi.pipeline.cli", "-v", "run", "--no-retention", *extra],
-        env=env_for(settings), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+        env=env_for(settings),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
     )
 
 
@@ -127,7 +142,8 @@ def read_partitions(settings: Settings, topic: str | None = None) -> dict[int, l
         while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
             for tp, recs in consumer.poll(timeout_ms=500, max_records=5000).items():
                 out[tp.partition].extend(
-                    Message(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or [])) for r in recs
+                    Message(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or []))
+                    for r in recs
                 )
         return out
     finally:
@@ -155,7 +171,12 @@ def es_docs(es: Any, index: str) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     search_after = None
     while True:
-        kw: dict[str, Any] = {"index": index, "size": 5000, "sort": [{"_doc": "asc"}], "query": {"match_all": {}}}
+        kw: dict[str, Any] = {
+            "index": index,
+            "size": 5000,
+            "sort": [{"_doc": "asc"}],
+            "query": {"match_all": {}},
+        }
         if search_after:
             kw["search_after"] = search_after
         resp = es.search(**kw, ignore_unavailable=True, allow_no_indices=True)

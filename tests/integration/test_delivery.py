@@ -74,23 +74,47 @@ def test_malformed_records_go_to_the_dlq_with_reasons_and_nothing_valid_is_lost(
 
     ensure_topics(settings)
     org = f"{tag}-bank-a"
-    good = {"@timestamp": 1_795_000_000_000, "organization.id": org, "observer.name": "s1",
-            "source.ip": "10.0.0.1", "source.port": 40000, "destination.ip": "8.8.8.8", "destination.port": 53,
-            "network.transport": "udp", "source.bytes": 100, "destination.bytes": 300}
+    good = {
+        "@timestamp": 1_795_000_000_000,
+        "organization.id": org,
+        "observer.name": "s1",
+        "source.ip": "10.0.0.1",
+        "source.port": 40000,
+        "destination.ip": "8.8.8.8",
+        "destination.port": 53,
+        "network.transport": "udp",
+        "source.bytes": 100,
+        "destination.bytes": 300,
+    }
     bad_lines = {
-        b'{"@timestamp": 1795000000000, "organization.id": "' + org.encode() + b'", "source.ip": "10.0.0.1"': "invalid JSON",
+        b'{"@timestamp": 1795000000000, "organization.id": "'
+        + org.encode()
+        + b'", "source.ip": "10.0.0.1"': "invalid JSON",
         b"\xff\xfe\xfa{}": "",  # non-UTF-8
         orjson.dumps({**good, "source.bytes": "lots"}): "wrong type for source.bytes",
-        orjson.dumps({k: v for k, v in good.items() if k != "destination.ip"}): "missing required field destination.ip",
+        orjson.dumps(
+            {k: v for k, v in good.items() if k != "destination.ip"}
+        ): "missing required field destination.ip",
         orjson.dumps({**good, "destination.port": 99999}): "destination.port out of range",
     }
-    goods = [orjson.dumps({**good, "source.bytes": 100 + i, "@timestamp": good["@timestamp"] + i}) for i in range(10)]
+    goods = [
+        orjson.dumps({**good, "source.bytes": 100 + i, "@timestamp": good["@timestamp"] + i})
+        for i in range(10)
+    ]
     batch = b"\n".join(goods[:5] + list(bad_lines) + goods[5:])
     producer = make_producer(settings)
-    producer.send(settings.kafka.flows_topic, key=b"k", value=batch, headers=wire.headers(wire.NDJSON, 15, "s1"))
-    producer.send(settings.kafka.flows_topic, key=b"k", value=b"\x00\x01 not a batch at all",
-                  headers=wire.headers(wire.ARROW, 3, "s1"))
-    producer.send(settings.kafka.flows_topic, key=b"k", value=orjson.dumps({**good, "source.bytes": 7}))  # third-party
+    producer.send(
+        settings.kafka.flows_topic, key=b"k", value=batch, headers=wire.headers(wire.NDJSON, 15, "s1")
+    )
+    producer.send(
+        settings.kafka.flows_topic,
+        key=b"k",
+        value=b"\x00\x01 not a batch at all",
+        headers=wire.headers(wire.ARROW, 3, "s1"),
+    )
+    producer.send(
+        settings.kafka.flows_topic, key=b"k", value=orjson.dumps({**good, "source.bytes": 7})
+    )  # third-party
     producer.flush()
     producer.close()
 

@@ -40,8 +40,11 @@ def test_status_reports_lag_and_counts_from_the_real_servers(settings, tag):
     ensure_topics(settings)
     produce_columns(settings, cols)
     run = lambda *a: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "taishi.pipeline.cli", *a], env=env_for(settings), cwd=ROOT,
-        capture_output=True, timeout=120,
+        [sys.executable, "-m", "taishi.pipeline.cli", *a],
+        env=env_for(settings),
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
     )
     before = orjson.loads(run("status").stdout)
     assert sum(before["lag"].values()) > 0

@@ -21,9 +21,13 @@ def expected_windows(cols: dict[str, np.ndarray], size_s: int) -> pd.DataFrame:
     out = df[internal(df["source.ip"])].rename(columns={"source.ip": "ip"})
     inn = df[internal(df["destination.ip"])].rename(columns={"destination.ip": "ip"})
     a = out.groupby(["organization.id", "observer.name", "ip", "w"]).agg(
-        bytes_out=("source.bytes", "sum"), bytes_in=("destination.bytes", "sum"), connections_out=("ip", "size"))
+        bytes_out=("source.bytes", "sum"),
+        bytes_in=("destination.bytes", "sum"),
+        connections_out=("ip", "size"),
+    )
     b = inn.groupby(["organization.id", "observer.name", "ip", "w"]).agg(
-        b_out=("destination.bytes", "sum"), b_in=("source.bytes", "sum"), connections_in=("ip", "size"))
+        b_out=("destination.bytes", "sum"), b_in=("source.bytes", "sum"), connections_in=("ip", "size")
+    )
     t = a.join(b, how="outer").fillna(0)
     t["bytes_out"] += t.pop("b_out")
     t["bytes_in"] += t.pop("b_in")
@@ -40,13 +44,25 @@ def test_100k_flows_to_entity_documents_with_exact_sums(settings, es, tag):
     assert status.counters["records_valid"] == 100_000 and status.counters["dead_letters"] == 0
 
     docs = es_docs(es, f"taishi-entities-v1-{tag}-*")
-    got = pd.DataFrame([
-        {"organization.id": d["organization"]["id"], "observer.name": d["observer"]["name"],
-         "ip": d["taishi"]["entity"]["ip"],
-         "w": int(pd.Timestamp(d["event"]["start"]).timestamp() * 1000),
-         **{k: d["taishi"]["behaviour"][k] for k in ("bytes_out", "bytes_in", "connections_out", "connections_in")}}
-        for d in docs.values()
-    ]).set_index(["organization.id", "observer.name", "ip", "w"]).sort_index()
+    got = (
+        pd.DataFrame(
+            [
+                {
+                    "organization.id": d["organization"]["id"],
+                    "observer.name": d["observer"]["name"],
+                    "ip": d["taishi"]["entity"]["ip"],
+                    "w": int(pd.Timestamp(d["event"]["start"]).timestamp() * 1000),
+                    **{
+                        k: d["taishi"]["behaviour"][k]
+                        for k in ("bytes_out", "bytes_in", "connections_out", "connections_in")
+                    },
+                }
+                for d in docs.values()
+            ]
+        )
+        .set_index(["organization.id", "observer.name", "ip", "w"])
+        .sort_index()
+    )
     want = expected_windows(cols, settings.window.size_s)
     assert len(got) == len(want) > 100
     pd.testing.assert_frame_equal(got[want.columns], want, check_dtype=False)

@@ -105,10 +105,9 @@ def _control(type_number: int, size: int) -> bytes:
             low, extra = 28 + width, (size - threshold).to_bytes(width, "big")
             break
     if type_number <= 7:
-        head = bytes([type_number << 5 | low])
-    else:  # extended type: zero type bits, then the type number minus 7 in the next byte
-        head = bytes([low, type_number - 7])
-    return head + extra
+        return bytes([type_number << 5 | low]) + extra
+    # Extended type: zero type bits, then the type number minus 7 in the next byte.
+    return bytes([low, type_number - 7]) + extra
 
 
 class _Node:
@@ -187,7 +186,9 @@ def build_mmdb(
     return b"".join([bytes(tree), DATA_SECTION_SEPARATOR, *data, METADATA_MARKER, encode(metadata)])
 
 
-def write_mmdb(path: Path | str, networks: Iterable[tuple[str, Any]] | Mapping[str, Any], **options: Any) -> Path:
+def write_mmdb(
+    path: Path | str, networks: Iterable[tuple[str, Any]] | Mapping[str, Any], **options: Any
+) -> Path:
     """Write ``build_mmdb(networks, **options)`` to ``path`` and return the path."""
     path = Path(path)
     path.write_bytes(build_mmdb(networks, **options))

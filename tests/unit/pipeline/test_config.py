@@ -7,8 +7,10 @@ from taishi.pipeline.config import Settings
 
 def test_toml_then_environment_overrides(tmp_path, monkeypatch):
     cfg = tmp_path / "t.toml"
-    cfg.write_text('sensor_id = "from-file"\n[kafka]\nbootstrap_servers = "file:9092"\ngroup_id = "g-file"\n'
-                   '[[institutions]]\nid = "bank-a"\ninternal_cidrs = ["10.0.0.0/8"]\n')
+    cfg.write_text(
+        'sensor_id = "from-file"\n[kafka]\nbootstrap_servers = "file:9092"\ngroup_id = "g-file"\n'
+        '[[institutions]]\nid = "bank-a"\ninternal_cidrs = ["10.0.0.0/8"]\n'
+    )
     monkeypatch.setenv("TAISHI_KAFKA__BOOTSTRAP_SERVERS", "env:9092")
     s = Settings.load(cfg)
     assert s.kafka.bootstrap_servers == "env:9092"  # environment wins
@@ -31,7 +33,7 @@ def test_secrets_in_the_file_are_refused(tmp_path):
         ('[[institutions]]\nid = "Bank A"\n', "institution id"),
         ('[[institutions]]\nid = "bank-a"\ninternal_cidrs = ["10.0.0.0/33"]\n', "is not a network"),
         ('[[institutions]]\nid = "bank-a"\n[[institutions]]\nid = "bank-a"\n', "duplicate ids"),
-        ('[window]\nsize_s = 0\n', "greater than or equal to 1"),
+        ("[window]\nsize_s = 0\n", "greater than or equal to 1"),
         ("[kafka\n", "t.toml"),
     ],
 )

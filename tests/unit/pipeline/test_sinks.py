@@ -21,8 +21,10 @@ class ScriptedBulk:
         n = operations.count(b"\n") // 2
         self.calls.append(n)
         statuses = self.script.pop(0) if self.script else [201] * n
-        items = [{"index": {"status": s, **({"error": {"type": "x", "reason": "bad"}} if s >= 300 else {})}}
-                 for s in statuses]
+        items = [
+            {"index": {"status": s, **({"error": {"type": "x", "reason": "bad"}} if s >= 300 else {})}}
+            for s in statuses
+        ]
         return {"errors": any(s >= 300 for s in statuses), "items": items}
 
 

@@ -71,7 +71,9 @@ def test_replay_from_commit_rebuilds_exactly_the_uninterrupted_documents(stream,
     ahead, more = _run(settings, msgs, 5, stop=min(len(msgs), crash_at + state_lead))
     written.update(more)
     checkpoint = (ahead if state_lead else first).windows.baselines.take_dirty()
-    second, more = _run(settings, msgs, 5, start=offset, wm=watermark_from_metadata(meta), checkpoint=checkpoint)
+    second, more = _run(
+        settings, msgs, 5, start=offset, wm=watermark_from_metadata(meta), checkpoint=checkpoint
+    )
     written.update(more)
     written.update({d.id: d.source for d in second.flush()})
     assert written == ref
