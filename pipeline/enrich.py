@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from taishi.pipeline import addresses
+from taishi.pipeline.codes import codes_of, union_codes
 from taishi.pipeline.config import Settings
 
 log = logging.getLogger(__name__)
@@ -134,22 +135,24 @@ class Enricher:
             return df
 
         orgs = df["organization.id"].to_numpy(object)
-        both = np.concatenate([df["source.ip"].to_numpy(object), df["destination.ip"].to_numpy(object)])
-        codes, uniques = pd.factorize(both)
+        s_codes, d_codes, uniques = union_codes(df["source.ip"], df["destination.ip"])
+        codes = np.concatenate([s_codes, d_codes])
         addrs = [addresses.parse(u) for u in uniques]
         internal = np.zeros(2 * n, bool)
-        org_codes, org_uniques = pd.factorize(np.concatenate([orgs, orgs]))
+        org_codes, org_uniques = codes_of(df["organization.id"])
+        org_codes = np.concatenate([org_codes, org_codes])
         for oi, org in enumerate(org_uniques):
-            member = _membership(addrs, self._networks(org))
             rows = org_codes == oi
-            internal[rows] = member[codes[rows]]
+            if rows.any():
+                member = _membership(addrs, self._networks(org))
+                internal[rows] = member[codes[rows]]
         src_int, dst_int = internal[:n], internal[n:]
         df["taishi.source.internal"] = src_int
         df["taishi.destination.internal"] = dst_int
         direction = np.where(
             src_int, np.where(dst_int, "internal", "outbound"), np.where(dst_int, "inbound", "external")
         )
-        df["network.direction"] = direction.astype(object)
+        _set(df, "network.direction", direction.astype(object))
 
         if self._assets:
             for side, is_int in (("source", src_int), ("destination", dst_int)):
@@ -158,19 +161,22 @@ class Enricher:
                     self._assets.get(k, ("", "")) if i else ("", "")
                     for k, i in zip(keys, is_int, strict=True)
                 ]
-                df[f"taishi.{side}.asset.owner"] = np.array([h[0] for h in hits], dtype=object)
-                df[f"taishi.{side}.asset.criticality"] = np.array([h[1] for h in hits], dtype=object)
+                _set(df, f"taishi.{side}.asset.owner", np.array([h[0] for h in hits], dtype=object))
+                _set(df, f"taishi.{side}.asset.criticality", np.array([h[1] for h in hits], dtype=object))
 
         if self._geo or self._asn:
-            geo = [self._lookup_geo(str(u)) for u in uniques]
+            geo = [
+                self._lookup_geo(str(u)) if a is not None else ("", 0, "")
+                for u, a in zip(uniques, addrs, strict=True)
+            ]
             country_u = np.array([g[0] for g in geo] + [""], dtype=object)
             asn_u = np.array([g[1] for g in geo] + [0], dtype=np.int64)
             asorg_u = np.array([g[2] for g in geo] + [""], dtype=object)
             looked = np.where(internal, len(uniques), codes)  # internal hosts get no GeoIP
             for side, sl in (("source", slice(0, n)), ("destination", slice(n, 2 * n))):
-                df[f"{side}.geo.country_iso_code"] = country_u[looked[sl]]
+                _set(df, f"{side}.geo.country_iso_code", country_u[looked[sl]])
                 df[f"{side}.as.number"] = asn_u[looked[sl]]
-                df[f"{side}.as.organization.name"] = asorg_u[looked[sl]]
+                _set(df, f"{side}.as.organization.name", asorg_u[looked[sl]])
 
         ind = np.full(n, "", dtype=object)
         src = np.full(n, "", dtype=object)
@@ -182,8 +188,8 @@ class Enricher:
                 for i in np.flatnonzero(m):
                     indicator = self._ip_indicators[uniques[c[i]]]
                     ind[i], src[i] = indicator.value, indicator.source
-        df["taishi.threat.indicator"] = ind
-        df["taishi.threat.source"] = src
+        _set(df, "taishi.threat.indicator", ind)
+        _set(df, "taishi.threat.source", src)
         return df
 
     def _lookup_geo(self, ip: str) -> tuple[str, int, str]:
@@ -204,19 +210,26 @@ class Enricher:
         return hit
 
 
+def _set(df: pd.DataFrame, name: str, values: np.ndarray) -> None:
+    """Add an object column as is (pandas would copy strings into an Arrow array otherwise)."""
+    df[name] = pd.Series(values, index=df.index, dtype=object, copy=False)
+
+
 def _membership(addrs: list[Any], nets: list[Any]) -> np.ndarray:
-    """Which of ``addrs`` fall inside any of ``nets``, vectorised for IPv4."""
+    """Which of ``addrs`` (None for unused categories) fall inside any of ``nets``, vectorised for IPv4."""
     out = np.zeros(len(addrs), bool)
-    v4 = np.array([a.version == 4 for a in addrs], bool)
+    v4 = np.array([a is not None and a.version == 4 for a in addrs], bool)
     if v4.any():
-        vals = np.array([int(a) if a.version == 4 else 0 for a in addrs], dtype=np.uint32)
+        vals = np.array([int(a) if v else 0 for a, v in zip(addrs, v4, strict=True)], dtype=np.uint32)
         for net in nets:
             if net.version == 4:
                 mask = np.uint32(int(net.netmask))
                 out |= v4 & ((vals & mask) == np.uint32(int(net.network_address)))
     v6_nets = [net for net in nets if net.version == 6]
-    for i in np.flatnonzero(~v4):
-        out[i] = any(addrs[i] in net for net in v6_nets)
+    if v6_nets:
+        for i, a in enumerate(addrs):
+            if a is not None and a.version == 6:
+                out[i] = any(a in net for net in v6_nets)
     return out
 
 

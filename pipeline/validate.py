@@ -51,6 +51,9 @@ def validate_flows(raw: pd.DataFrame, default_sensor: str = "", seed: int = 0) -
             rejected[m] = True
 
     out: dict[str, np.ndarray | pd.Series] = {}
+    # Low-cardinality and address columns leave as categoricals (codes + distinct values): later steps
+    # group and join on the codes instead of hashing every string again.
+    cats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     # Required fields present and non-null.
     for name in contract.REQUIRED_FLOW_FIELDS:
@@ -70,6 +73,7 @@ def validate_flows(raw: pd.DataFrame, default_sensor: str = "", seed: int = 0) -
         good = np.array([isinstance(u, str) and bool(contract.ORG_ID_RE.match(u)) for u in uniq], bool)
         fail(~good[codes], f"organization.id does not match {contract.ORG_ID_RE.pattern}")
         out["organization.id"] = uniq[codes]
+        cats["organization.id"] = _unique_codes(codes, uniq)
 
     out["@timestamp"] = _timestamps(raw, "@timestamp", fail, n)
     if "event.end" in raw.columns:
@@ -79,7 +83,8 @@ def validate_flows(raw: pd.DataFrame, default_sensor: str = "", seed: int = 0) -
         out["event.end"] = out["@timestamp"]
 
     for name in ("source.ip", "destination.ip"):
-        out[name] = _ips(raw, name, fail, n)
+        out[name], ip_codes, ip_values = _ips(raw, name, fail, n)
+        cats[name] = _unique_codes(ip_codes, ip_values)
 
     fam_s = np.char.find(out["source.ip"].astype(str), ":") >= 0
     fam_d = np.char.find(out["destination.ip"].astype(str), ":") >= 0
@@ -134,14 +139,22 @@ def validate_flows(raw: pd.DataFrame, default_sensor: str = "", seed: int = 0) -
     ):
         if name in raw.columns:
             codes, uniq = _factorize(raw[name], default)
-            out[name] = np.array([str(u) for u in uniq], dtype=object)[codes]
+            uniq = np.array([str(u) for u in uniq], dtype=object)
+            out[name] = uniq[codes]
+            cats[name] = _unique_codes(codes, uniq)
         else:
             out[name] = np.full(n, default, dtype=object)
+            cats[name] = (np.zeros(n, np.int64), np.array([default], dtype=object))
 
     ok = ~rejected
     idx = raw.index[ok]
     frame = pd.DataFrame(
-        {k: _column(v[ok] if isinstance(v, np.ndarray) else v.to_numpy()[ok], idx) for k, v in out.items()},
+        {
+            k: pd.Categorical.from_codes(cats[k][0][ok], categories=cats[k][1])
+            if k in cats
+            else _column(v[ok] if isinstance(v, np.ndarray) else v.to_numpy()[ok], idx)
+            for k, v in out.items()
+        },
         index=idx,
     )
     frame = frame[[c.name for c in contract.FLOW_COLUMNS if c.name in frame.columns]]
@@ -162,7 +175,9 @@ def validate_flows(raw: pd.DataFrame, default_sensor: str = "", seed: int = 0) -
             frame["network.iana_number"].to_numpy()[missing],
             seed=seed,
         )
-    frame.insert(frame.columns.get_loc("taishi.flow.tcp_flags"), "network.community_id", cids)
+    frame.insert(
+        frame.columns.get_loc("taishi.flow.tcp_flags"), "network.community_id", _column(cids, frame.index)
+    )
     rejected = pd.Series(reason[~ok], index=raw.index[~ok], dtype=object)
     return Validated(frame=frame, rejected=rejected)
 
@@ -189,10 +204,13 @@ def _timestamps(raw: pd.DataFrame, name: str, fail, n: int, optional: bool = Fal
     return ts.dt.tz_localize(None).to_numpy("datetime64[ms]")
 
 
-def _ips(raw: pd.DataFrame, name: str, fail, n: int) -> np.ndarray:
-    """Validate and normalise an address column, parsing each distinct value once."""
+def _ips(raw: pd.DataFrame, name: str, fail, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate and normalise an address column, parsing each distinct value once.
+
+    Returns the normalised column, its codes and the normalised value of each code.
+    """
     if name not in raw.columns:
-        return np.full(n, "", dtype=object)
+        return np.full(n, "", dtype=object), np.zeros(n, np.int64), np.array([""], dtype=object)
     codes, uniques = pd.factorize(raw[name], use_na_sentinel=True)
     norm = np.empty(len(uniques) + 1, dtype=object)
     bad = np.zeros(len(uniques) + 1, bool)
@@ -206,7 +224,7 @@ def _ips(raw: pd.DataFrame, name: str, fail, n: int) -> np.ndarray:
     codes = np.where(codes < 0, len(uniques), codes)
     msgs = np.array([f"{name}: {u!r} is not an IP address" for u in uniques] + [""], dtype=object)
     fail(bad[codes], msgs[codes])
-    return norm[codes]
+    return norm[codes], codes, norm
 
 
 def _factorize(col: pd.Series, missing: str) -> tuple[np.ndarray, np.ndarray]:
@@ -220,6 +238,12 @@ def _factorize(col: pd.Series, missing: str) -> tuple[np.ndarray, np.ndarray]:
     uniq[:-1] = np.asarray(uniques, dtype=object)
     uniq[-1] = missing
     return np.where(codes < 0, len(uniques), codes), uniq
+
+
+def _unique_codes(codes: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes into distinct categories (values may repeat, e.g. two spellings of one IPv6 address)."""
+    uniq, inverse = np.unique(values.astype(str), return_inverse=True)
+    return inverse[codes], uniq.astype(object)
 
 
 def _column(values: np.ndarray, index: pd.Index) -> Any:

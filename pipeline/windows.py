@@ -22,6 +22,7 @@ import pandas as pd
 
 from taishi.pipeline import contract
 from taishi.pipeline.baselines import Baselines
+from taishi.pipeline.codes import codes_of, union_codes
 
 KEYS = ["organization.id", "observer.name", "ip", "wstart"]
 SUMS = [
@@ -107,11 +108,25 @@ class EntityWindows:
         sp, dp = df["source.packets"].to_numpy(), df["destination.packets"].to_numpy()
         one = np.ones(len(df), np.int64)
         zero = np.zeros(len(df), np.int64)
-        org, sensor = df["organization.id"].to_numpy(object), df["observer.name"].to_numpy(object)
-        sip, dip = df["source.ip"].to_numpy(object), df["destination.ip"].to_numpy(object)
+        # Group on integer codes; strings come back only for the (small) aggregated results.
+        org, org_values = codes_of(df["organization.id"])
+        sensor, sensor_values = codes_of(df["observer.name"])
+        sip, dip, ip_values = union_codes(df["source.ip"], df["destination.ip"])
+        if "destination.geo.country_iso_code" in df.columns:
+            scountry, dcountry, country_values = union_codes(
+                df["source.geo.country_iso_code"], df["destination.geo.country_iso_code"]
+            )
+        else:
+            scountry = dcountry = np.zeros(len(df), np.int64)
+            country_values = np.array([""], dtype=object)
+        values = {
+            "organization.id": org_values,
+            "observer.name": sensor_values,
+            "ip": ip_values,
+            "peer": ip_values,
+            "country": country_values,
+        }
         dport = df["destination.port"].to_numpy()
-        dcountry = _col(df, "destination.geo.country_iso_code")
-        scountry = _col(df, "source.geo.country_iso_code")
 
         def side(
             m: np.ndarray,
@@ -126,9 +141,9 @@ class EntityWindows:
         ) -> pd.DataFrame:
             return pd.DataFrame(
                 {
-                    "organization.id": _obj(org[m]),
-                    "observer.name": _obj(sensor[m]),
-                    "ip": _obj(ip[m]),
+                    "organization.id": org[m],
+                    "observer.name": sensor[m],
+                    "ip": ip[m],
                     "wstart": wstart[m],
                     "bytes_out": out_b[m],
                     "bytes_in": in_b[m],
@@ -138,10 +153,10 @@ class EntityWindows:
                     "connections_in": (zero if client else one)[m],
                     "failed_connections_out": (failed if client else zero)[m].astype(np.int64),
                     "failed_connections_in": (zero if client else failed)[m].astype(np.int64),
-                    "peer": _obj(peer[m]),
+                    "peer": peer[m],
                     "port": dport[m],
                     "client": np.full(int(m.sum()), client),
-                    "country": _obj(peer_country[m]),
+                    "country": peer_country[m],
                     "offset": offsets[m],
                 }
             )
@@ -155,6 +170,7 @@ class EntityWindows:
         )
         if long.empty:
             return
+        no_country = int(np.flatnonzero(country_values == "")[0]) if (country_values == "").any() else -2
         for w, part in long.groupby("wstart", sort=False):
             w = int(w)
             state = self._open.get(w)
@@ -162,13 +178,13 @@ class EntityWindows:
             if state is None:
                 state = self._open[w] = _Open(first_offset=first)
             state.first_offset = min(state.first_offset, first)
-            state.sums.append(part.groupby(KEYS, sort=False)[SUMS].sum())
-            state.peers.append(part[[*KEYS, "peer"]].drop_duplicates())
-            state.ports.append(
-                part[part["client"]].groupby([*KEYS, "port"], sort=False).size().rename("n").reset_index()
-            )
-            ext = part[part["country"] != ""]
-            state.countries.append(ext[[*KEYS, "country"]].drop_duplicates())
+            sums = part.groupby(KEYS, sort=False)[SUMS].sum().reset_index()
+            state.sums.append(_decode(sums, values).set_index(KEYS))
+            state.peers.append(_decode(part[[*KEYS, "peer"]].drop_duplicates(), values))
+            ports = part[part["client"]].groupby([*KEYS, "port"], sort=False).size().rename("n").reset_index()
+            state.ports.append(_decode(ports, values))
+            ext = part[(part["country"] != no_country) & (part["country"] >= 0)]
+            state.countries.append(_decode(ext[[*KEYS, "country"]].drop_duplicates(), values))
             if len(state.sums) >= _COMPACT_EVERY:
                 _compact(state)
 
@@ -271,13 +287,18 @@ def _compact(state: _Open) -> None:
         state.countries = [pd.concat(state.countries, ignore_index=True).drop_duplicates()]
 
 
-def _obj(values: np.ndarray) -> pd.Series:
+def _decode(frame: pd.DataFrame, values: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Replace code columns by their strings (object columns, kept as is)."""
+    frame = frame.copy()
+    for name, vals in values.items():
+        if name in frame.columns:
+            frame[name] = _obj(vals[frame[name].to_numpy()], frame.index)
+    return frame
+
+
+def _obj(values: np.ndarray, index: pd.Index | None = None) -> pd.Series:
     """An object column as is (pandas would otherwise copy strings into an Arrow array)."""
-    return pd.Series(values, dtype=object, copy=False)
-
-
-def _col(df: pd.DataFrame, name: str) -> np.ndarray:
-    return df[name].to_numpy(object) if name in df.columns else np.full(len(df), "", dtype=object)
+    return pd.Series(values, index=index, dtype=object, copy=False)
 
 
 def _epoch_ms(col: pd.Series) -> np.ndarray:
