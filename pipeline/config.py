@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -117,6 +118,37 @@ class EnrichSettings(BaseModel):
     intel_files: list[Path] = Field(default_factory=list, description="indicator files (CSV or one per line)")
 
 
+class AllowEntry(BaseModel):
+    """An allowlist entry: findings of ``rule`` about ``entity`` in ``org`` are dropped until ``expires``."""
+
+    rule: str = Field("*", description="detector id, or * for every detector")
+    org: str = Field("*", description="institution id, or * for every institution")
+    entity: str | None = Field(None, description="address or network of the entity; None for any")
+    expires: datetime | None = Field(None, description="UTC; None never expires (use sparingly)")
+    reason: str = ""
+
+    @field_validator("entity")
+    @classmethod
+    def _valid_entity(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                ipaddress.ip_network(v, strict=False)
+            except ValueError:
+                raise ValueError(f"allowlist entity {v!r} is not an address or network") from None
+        return v
+
+
+class DetectionSettings(BaseModel):
+    """Which detectors run, their parameters, suppression and allowlists."""
+
+    enabled: list[str] | None = Field(None, description="detector ids; None runs every registered one")
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per detector id")
+    suppress_s: int = Field(
+        3600, ge=60, description="findings of one rule+entity within this many seconds are one incident"
+    )
+    allowlist: list[AllowEntry] = Field(default_factory=list)
+
+
 class StoreSettings(BaseModel):
     """The embedded local store used when no Elasticsearch is configured."""
 
@@ -137,6 +169,7 @@ class Settings(BaseSettings):
     window: WindowSettings = Field(default_factory=WindowSettings)
     enrich: EnrichSettings = Field(default_factory=EnrichSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    detection: DetectionSettings = Field(default_factory=DetectionSettings)
 
     @model_validator(mode="after")
     def _unique_institutions(self) -> Settings:

@@ -68,6 +68,24 @@ FLOW_COLUMNS: Final[tuple[Column, ...]] = (
     Column("destination.packets", "int64", False, "packets sent by the destination"),
     Column("network.community_id", "str", False, "Community ID v1; computed when absent"),
     Column("taishi.flow.tcp_flags", "int16", False, "OR of TCP flags seen in both directions"),
+    # Application metadata of the flow, when the sensor saw it (packet collector, Zeek logs).
+    Column("dns.question.name", "str", False, "first DNS query name of the flow, lower case"),
+    Column("dns.question.type", "str", False, "A, AAAA, TXT, NULL, ..."),
+    Column("dns.response_code", "str", False, "NOERROR, NXDOMAIN, ..."),
+    Column("tls.client.server_name", "str", False, "TLS ClientHello SNI"),
+    Column("http.request.method", "str", False, "first HTTP request method"),
+    Column("url.domain", "str", False, "HTTP Host"),
+    Column("url.original", "str", False, "HTTP request URI"),
+)
+
+METADATA_FIELDS: Final[tuple[str, ...]] = (
+    "dns.question.name",
+    "dns.question.type",
+    "dns.response_code",
+    "tls.client.server_name",
+    "http.request.method",
+    "url.domain",
+    "url.original",
 )
 
 FLOW_DTYPES: Final[dict[str, str]] = {c.name: c.dtype for c in FLOW_COLUMNS}

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from taishi.pipeline import contract, wire
+from taishi.pipeline.alerts import DetectorSet, build_detectors
 from taishi.pipeline.baselines import Baselines
 from taishi.pipeline.config import Settings
 from taishi.pipeline.enrich import Enricher
@@ -63,6 +64,7 @@ class Counters:
     records_valid: int = 0
     dead_letters: int = 0
     docs: int = 0
+    alerts: int = 0
 
     def add(self, other: Counters) -> None:
         for k in self.__slots__:
@@ -79,12 +81,18 @@ class PartitionProcessor:
         partition: int,
         watermark_ms: int = NO_WATERMARK,
         baselines: Baselines | None = None,
+        detectors: DetectorSet | None = None,
     ) -> None:
         self.settings = settings
         self.enricher = enricher
         self.partition = partition
         self.windows = EntityWindows(
             settings.window.size_s, settings.window.allowed_lateness_s, watermark_ms, baselines
+        )
+        self.detectors = (
+            detectors
+            if detectors is not None
+            else DetectorSet(settings.detection, build_detectors(settings.detection))
         )
         self.next_offset: int | None = None
         self.counters = Counters()
@@ -145,8 +153,10 @@ class PartitionProcessor:
             raw.loc[v.frame.index, "__msg"].to_numpy(np.int64)
         ]
         enriched = self.enricher.enrich(v.frame)
-        self.windows.add(enriched, offsets)
+        admitted, wstart = self.windows.add(enriched, offsets)
+        self.detectors.add(admitted, wstart)
         docs = self.windows.close_ready()
+        docs.extend(self._alerts())
         if self._flow_orgs:
             docs.extend(flow_docs(enriched[enriched["organization.id"].isin(self._flow_orgs)]))
         self.counters.records_valid += len(v.frame)
@@ -154,9 +164,19 @@ class PartitionProcessor:
         self.counters.docs += len(docs)
         return docs, dead
 
+    def _alerts(self) -> list[Doc]:
+        """Alert documents of the windows that closed since the last call."""
+        docs: list[Doc] = []
+        for start, end in self.windows.closed:
+            docs.extend(self.detectors.close(start, end))
+        self.windows.closed.clear()
+        self.counters.alerts += len(docs)
+        return docs
+
     def flush(self) -> list[Doc]:
         """Close every open window (end of a finite input)."""
         docs = self.windows.close_all()
+        docs.extend(self._alerts())
         self.counters.docs += len(docs)
         return docs
 

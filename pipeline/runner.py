@@ -33,6 +33,9 @@ from taishi.pipeline.sinks import Sink
 from taishi.pipeline.windows import Doc
 
 log = logging.getLogger(__name__)
+DETECTORS_KEY = (
+    b"\x00detectors"  # state-topic key of a partition's detector state (entity keys never start with NUL)
+)
 
 
 @dataclass(slots=True)
@@ -65,9 +68,15 @@ def ensure_topics(settings: Settings) -> None:
     try:
         existing = set(admin.list_topics())
         wanted = [
-            NewTopic(k.flows_topic, k.partitions, 1),
-            NewTopic(k.dlq_topic, 1, 1),
-            NewTopic(k.state_topic, k.partitions, 1, topic_configs={"cleanup.policy": "compact"}),
+            # Batches of many records: allow messages up to 16 MiB (the broker's default is 1 MiB).
+            NewTopic(k.flows_topic, k.partitions, 1, topic_configs={"max.message.bytes": str(16 << 20)}),
+            NewTopic(k.dlq_topic, 1, 1, topic_configs={"max.message.bytes": str(16 << 20)}),
+            NewTopic(
+                k.state_topic,
+                k.partitions,
+                1,
+                topic_configs={"cleanup.policy": "compact", "max.message.bytes": str(16 << 20)},
+            ),
         ]
         new = [t for t in wanted if t.name not in existing]
         if new:
@@ -134,8 +143,10 @@ class KafkaPipeline:
             )
             self._consumer.seek(tp, start)
             return None
-        baselines = self._restore_baselines(tp.partition)
+        baselines, detector_state = self._restore_state(tp.partition)
         proc = self._procs[tp] = PartitionProcessor(self.settings, self.enricher, tp.partition, wm, baselines)
+        if detector_state is not None:
+            proc.detectors.restore(detector_state)
         self._last_seen[tp] = time.monotonic()
         log.info(
             "partition %d: resuming at offset %d, watermark %s, %d entity baselines",
@@ -169,6 +180,7 @@ class KafkaPipeline:
         producer = KafkaProducer(
             client_id=f"{k.client_id}-dlq",
             acks="all",
+            max_request_size=16 << 20,
             linger_ms=5,
             compression_type=None if k.compression == "none" else k.compression,
             **k.client_options(),
@@ -258,7 +270,7 @@ class KafkaPipeline:
             self.sink.close()
         return self.status
 
-    def _restore_baselines(self, partition: int) -> Baselines:
+    def _restore_state(self, partition: int) -> tuple[Baselines, dict[str, Any] | None]:
         """Read the partition of the compacted state topic from its start to its end."""
         from kafka import KafkaConsumer, TopicPartition
 
@@ -270,7 +282,7 @@ class KafkaPipeline:
         try:
             tp = TopicPartition(k.state_topic, partition)
             if partition not in (consumer.partitions_for_topic(k.state_topic) or set()):
-                return baselines
+                return baselines, None
             consumer.assign([tp])
             consumer.seek_to_beginning(tp)
             end = consumer.end_offsets([tp])[tp]
@@ -283,8 +295,9 @@ class KafkaPipeline:
                     )
                 for recs in consumer.poll(timeout_ms=500).values():
                     records.extend((r.key, r.value) for r in recs if r.key is not None)
-            baselines.restore(records)
-            return baselines
+            detectors = [v for key, v in records if key == DETECTORS_KEY]
+            baselines.restore([(key, v) for key, v in records if key != DETECTORS_KEY])
+            return baselines, (orjson.loads(detectors[-1]) if detectors and detectors[-1] else None)
         finally:
             consumer.close(autocommit=False)
 
@@ -298,6 +311,12 @@ class KafkaPipeline:
                 continue
             for key, value in proc.windows.baselines.take_dirty():
                 futures.append(producer.send(k.state_topic, key=key, value=value, partition=tp.partition))
+            if proc.detectors.dirty:
+                value = orjson.dumps(proc.detectors.snapshot())
+                futures.append(
+                    producer.send(k.state_topic, key=DETECTORS_KEY, value=value, partition=tp.partition)
+                )
+                proc.detectors.dirty = False
         if futures:
             producer.flush()
             for fut in futures:

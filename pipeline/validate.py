@@ -136,6 +136,7 @@ def validate_flows(raw: pd.DataFrame, default_sensor: str = "", seed: int = 0) -
         ("observer.name", default_sensor),
         ("observer.hostname", ""),
         ("observer.ip", ""),
+        *((name, "") for name in contract.METADATA_FIELDS),
     ):
         if name in raw.columns:
             codes, uniq = _factorize(raw[name], default)

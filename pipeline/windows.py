@@ -78,15 +78,19 @@ class EntityWindows:
         self.late_records = 0
         self.baselines = baselines if baselines is not None else Baselines()
         self._open: dict[int, _Open] = {}
+        self.closed: list[tuple[int, int]] = []  # (start, end) of windows closed since last taken
 
     @property
     def open_windows(self) -> int:
         return len(self._open)
 
-    def add(self, df: pd.DataFrame, offsets: np.ndarray) -> None:
-        """Add an enriched batch (rows in offset order) whose rows came from the given offsets."""
+    def add(self, df: pd.DataFrame, offsets: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+        """Add an enriched batch (rows in offset order) whose rows came from the given offsets.
+
+        Returns the admitted (not late) rows and each one's window start, for the detectors.
+        """
         if len(df) == 0:
-            return
+            return df, np.zeros(0, np.int64)
         ts = _epoch_ms(df["@timestamp"])
         running = np.maximum.accumulate(ts)
         wm_before = np.empty_like(ts)
@@ -97,9 +101,18 @@ class EntityWindows:
         self.late_records += int(late.sum())
         self.watermark_ms = max(self.watermark_ms, int(running[-1]))
         if late.all():
-            return
+            return df.iloc[:0], wstart[:0]
         keep = ~late
         df, wstart, offsets = df[keep], wstart[keep], np.asarray(offsets)[keep]
+        admitted = (df, wstart)
+        # Every admitted window is tracked (and its first offset), entity rows or not: detectors use them.
+        for w in np.unique(wstart):
+            first = int(offsets[wstart == w].min())
+            state = self._open.get(int(w))
+            if state is None:
+                self._open[int(w)] = _Open(first_offset=first)
+            else:
+                state.first_offset = min(state.first_offset, first)
 
         src_int = df["taishi.source.internal"].to_numpy(bool)
         dst_int = df["taishi.destination.internal"].to_numpy(bool)
@@ -169,15 +182,10 @@ class EntityWindows:
             ignore_index=True,
         )
         if long.empty:
-            return
+            return admitted
         no_country = int(np.flatnonzero(country_values == "")[0]) if (country_values == "").any() else -2
         for w, part in long.groupby("wstart", sort=False):
-            w = int(w)
-            state = self._open.get(w)
-            first = int(part["offset"].min())
-            if state is None:
-                state = self._open[w] = _Open(first_offset=first)
-            state.first_offset = min(state.first_offset, first)
+            state = self._open[int(w)]
             sums = part.groupby(KEYS, sort=False)[SUMS].sum().reset_index()
             state.sums.append(_decode(sums, values).set_index(KEYS))
             state.peers.append(_decode(part[[*KEYS, "peer"]].drop_duplicates(), values))
@@ -187,6 +195,7 @@ class EntityWindows:
             state.countries.append(_decode(ext[[*KEYS, "country"]].drop_duplicates(), values))
             if len(state.sums) >= _COMPACT_EVERY:
                 _compact(state)
+        return admitted
 
     def close_ready(self) -> list[Doc]:
         """Documents of the windows the watermark has passed (window end + lateness)."""
@@ -210,6 +219,9 @@ class EntityWindows:
 
     def _close(self, w: int) -> list[Doc]:
         state = self._open.pop(w)
+        self.closed.append((w, w + self.size_ms))
+        if not state.sums:
+            return []
         _compact(state)
         sums = state.sums[0]
         peers = state.peers[0].groupby(KEYS, sort=False).size().rename("distinct_peers")
