@@ -9,6 +9,7 @@ intended change with ``python -m tests.scenarios.harness --regenerate``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import dataclasses
 import json
 import tomllib
@@ -43,7 +44,10 @@ def build(spec: dict[str, Any]) -> tuple[dict[str, np.ndarray], list[Label]]:
         kind = inj.pop("kind")
         offset = inj.pop("start_offset_s", 0)
         silent = inj.pop("expect", "") == "silent"  # e.g. an allowlisted scanner
-        cols, label = getattr(attacks, kind)(start_ms=START_MS + offset * 1000, **inj)
+        # "function" from taishi.pipeline.attacks, or "module:function" from taishi.pipeline.<module>
+        module, _, func = kind.rpartition(":")
+        source = importlib.import_module(f"taishi.pipeline.{module}") if module else attacks
+        cols, label = getattr(source, func)(start_ms=START_MS + offset * 1000, **inj)
         parts.append(cols)
         labels.append(dataclasses.replace(label, rule="") if silent else label)
     return attacks.merge(*parts), labels
@@ -83,8 +87,9 @@ def canonical(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description="Run scenarios; --regenerate rewrites expected.json files.")
     ap.add_argument("--regenerate", action="store_true")
+    ap.add_argument("--only", default="", help="scenario folders starting with this prefix")
     args = ap.parse_args()
-    for folder in scenarios():
+    for folder in (f for f in scenarios() if f.name.startswith(args.only)):
         alerts, _ = run(folder)
         got = canonical(alerts)
         if args.regenerate:
