@@ -159,6 +159,10 @@ def flows_template() -> dict[str, Any]:
                     "observer": _props(name=_KW, hostname=_KW, ip=_IP),
                     "source": endpoint,
                     "destination": endpoint,
+                    "dns": _props(question=_props(name=_KW, type=_KW), response_code=_KW),
+                    "tls": _props(client=_props(server_name=_KW)),
+                    "http": _props(request=_props(method=_KW)),
+                    "url": _props(domain=_KW, original=_KW),
                     "network": _props(
                         transport=_KW,
                         iana_number=_KW,
@@ -180,6 +184,45 @@ def flows_template() -> dict[str, Any]:
     }
 
 
+def alerts_template() -> dict[str, Any]:
+    """Index template for alerts (incidents) ``taishi-alerts-v1-*``; evidence is a flattened object."""
+    ts = {"start": _DATE, "end": _DATE}
+    return {
+        "index_patterns": [f"{contract.ALERTS_INDEX}-*"],
+        "priority": 200,
+        "template": {
+            "settings": {"number_of_shards": 1, "number_of_replicas": 0},
+            "mappings": {
+                "dynamic": "strict",
+                "properties": {
+                    "@timestamp": _DATE,
+                    "event": _props(kind=_KW, category=_KW, type=_KW, dataset=_KW, severity=_LONG,
+                                    risk_score={"type": "float"}, **ts),
+                    "rule": _props(id=_KW, name=_KW, ruleset=_KW),
+                    "threat": _props(
+                        framework=_KW, technique=_props(id=_KW, name=_KW), tactic=_props(id=_KW, name=_KW)
+                    ),
+                    "organization": _props(id=_KW),
+                    "observer": _props(name=_KW),
+                    "source": _props(ip=_IP),
+                    "destination": _props(ip=_IP),
+                    "related": _props(ip=_IP),
+                    "taishi": _props(
+                        entity=_props(ip=_IP, id=_KW),
+                        alert=_props(count=_LONG, severity=_KW, technique_name=_KW, window=_props(**ts)),
+                        evidence={"type": "flattened"},
+                    ),
+                },
+            },
+        },
+        "_meta": {"taishi_schema": contract.SCHEMA_VERSION},
+    }
+
+
 def templates() -> dict[str, dict[str, Any]]:
     """Every index template the pipeline installs, by name."""
-    return {contract.ENTITIES_INDEX: entities_template(), contract.FLOWS_INDEX: flows_template()}
+    return {
+        contract.ENTITIES_INDEX: entities_template(),
+        contract.FLOWS_INDEX: flows_template(),
+        contract.ALERTS_INDEX: alerts_template(),
+    }
