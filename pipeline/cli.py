@@ -51,35 +51,64 @@ def _summaries(store: Any, org: str | None, ip: str | None, limit: int) -> list[
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Simulate a sector, run it through the pipeline in-process, store and summarise."""
+    """Simulate a sector under attack, run it through the pipeline in-process, store, summarise, report."""
+    from collections import Counter
+
     from taishi.pipeline import wire
+    from taishi.pipeline.demo import demo_sector
     from taishi.pipeline.embedded import MemoryBus, run_embedded
     from taishi.pipeline.query import SqliteStore
-    from taishi.pipeline.simulator import SectorSpec, simulate
+    from taishi.pipeline.report import render
+    from taishi.pipeline.simulator import SectorSpec
     from taishi.pipeline.sinks import SqliteSink
 
     settings = _settings(args)
     spec = SectorSpec(
         institutions=args.institutions, flows=args.flows, duration_s=args.minutes * 60, seed=args.seed
     )
-    cols = simulate(spec)
+    cols, labels = demo_sector(spec)
     bus = MemoryBus(settings.kafka.partitions)
     for key, value, hdrs in wire.sensor_batches(cols, settings.kafka.batch_records):
         bus.send(settings.kafka.flows_topic, key, value, hdrs)
     store_path = Path(args.store)
     store_path.unlink(missing_ok=True)
-    res = run_embedded(settings, bus, SqliteSink(store_path))
+    res = run_embedded(settings, bus, SqliteSink(store_path), progress=_Progress("pipeline", force=True))
     c = res.counters
+    n = len(cols["@timestamp"])
     print(
-        f"Simulated {spec.institutions} institutions, {spec.flows:,} flows over {args.minutes} min (seed {spec.seed})."
+        f"Simulated {spec.institutions} institutions, {n:,} flows over {args.minutes} min (seed {spec.seed}), "
+        f"{len(labels)} injected attacks."
     )
     print(
         f"Pipeline: {c.messages:,} messages, {c.records_valid:,} valid records, {c.dead_letters} dead letters, "
-        f"{res.late_records} late, {c.docs:,} entity-window documents -> {store_path}\n"
+        f"{res.late_records} late, {c.docs:,} documents ({c.alerts} alert writes) -> {store_path}\n"
     )
     store = SqliteStore(store_path)
-    print("Busiest entities across the sector (sums over their 5-minute windows):")
-    _print_table(_summaries(store, None, None, args.top), args.json)
+    alerts = store.documents("taishi-alerts-v1")
+    entities = store.documents("taishi-entities-v1")
+    per = Counter((a["organization"]["id"], a["threat"]["technique"]["id"][0]) for a in alerts)
+    print("Incidents per institution and technique:")
+    _print_table(
+        [{"institution": o, "technique": t, "incidents": k} for (o, t), k in sorted(per.items())], args.json
+    )
+    print("\nTop incidents:")
+    _print_table(_alert_rows(alerts, args.top), args.json)
+    found = {(a["rule"]["id"], a["organization"]["id"], a["taishi"]["entity"]["ip"]) for a in alerts}
+    missed = [lb for lb in labels if lb.rule and (lb.rule, lb.org, lb.entity) not in found]
+    print(
+        f"\nInjected attacks detected: {len(labels) - len(missed)}/{len(labels)}"
+        + (f"; missed: {[(m.rule, m.org, m.entity) for m in missed]}" if missed else "")
+    )
+    if args.report:
+        Path(args.report).write_text(
+            render(
+                alerts,
+                entities,
+                "Taishi sector situation (demo)",
+                f"{spec.institutions} institutions, {n:,} flows, seed {spec.seed}",
+            )
+        )
+        print(f"HTML situation report -> {args.report}")
     return 0
 
 
@@ -223,6 +252,81 @@ def cmd_retention(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Progress:
+    """A one-line progress bar on stderr (only when it is a terminal, or when forced)."""
+
+    def __init__(self, label: str, force: bool = False) -> None:
+        self.label = label
+        self.on = force or sys.stderr.isatty()
+        self._last = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.on or total <= 0:
+            return
+        pct = int(100 * done / total)
+        if pct != self._last:
+            self._last = pct
+            bar = "#" * (pct // 4) + "." * (25 - pct // 4)
+            sys.stderr.write(f"\r{self.label} [{bar}] {pct:3d}% ({done:,}/{total:,} batches)")
+            if done >= total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _write_alerts(path: str, alerts: list[dict[str, Any]]) -> None:
+    import orjson
+
+    with open(path, "wb") as fh:
+        for a in alerts:
+            fh.write(orjson.dumps(a) + b"\n")
+
+
+def _alert_rows(alerts: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    rows = []
+    for a in sorted(alerts, key=lambda a: (-a["event"]["risk_score"], a["@timestamp"]))[:limit]:
+        rows.append(
+            {
+                "start": a["event"]["start"][:19].replace("T", " "),
+                "severity": a["taishi"]["alert"]["severity"],
+                "risk": int(a["event"]["risk_score"]),
+                "rule": a["rule"]["id"],
+                "technique": a["threat"]["technique"]["id"][0],
+                "org": a["organization"]["id"],
+                "entity": a["taishi"]["entity"]["ip"],
+                "count": a["taishi"]["alert"]["count"],
+            }
+        )
+    return rows
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Analyze captures and logs offline with the pipeline's enrichment and detectors."""
+    from taishi.pipeline.analyze import analyze, load
+    from taishi.pipeline.report import render
+
+    settings = _settings(args)
+    loaded = load([Path(p) for p in args.inputs], args.format, args.org, args.sensor)
+    for problem in loaded.problems[:30]:
+        print(f"warning: {problem}", file=sys.stderr)
+    res = analyze(settings, loaded, progress=_Progress("analyze"))
+    c = res.result.counters
+    per = ", ".join(f"{Path(k).name}: {v:,}" for k, v in loaded.per_input.items())
+    print(
+        f"{c.records_valid:,} flow records ({per}); {c.dead_letters} rejected; {len(res.entities):,} entity windows; "
+        f"{len(res.alerts)} incidents"
+    )
+    if args.out:
+        _write_alerts(args.out, res.alerts)
+        print(f"alerts (ECS JSON lines) -> {args.out}")
+    if args.report:
+        Path(args.report).write_text(
+            render(res.alerts, res.entities, "Taishi situation report", f"{len(args.inputs)} input(s): {per}")
+        )
+        print(f"report -> {args.report}")
+    _print_table(_alert_rows(res.alerts, args.top), args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="taishi", description="Sector-wide network-security situational awareness."
@@ -240,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("demo", help=cmd_demo.__doc__)
     sector_args(sp, 200_000)
     sp.add_argument("--store", default="taishi-demo.sqlite")
+    sp.add_argument("--report", default="taishi-demo.html", help="HTML report path ('' for none)")
     sp.add_argument("--top", type=int, default=10)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_demo)
@@ -282,6 +387,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--store", default=None)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_entities)
+
+    sp = sub.add_parser("analyze", help=cmd_analyze.__doc__)
+    sp.add_argument(
+        "inputs",
+        nargs="+",
+        help="pcap/pcapng, Zeek conn.log (TSV/JSON), binetflow, nfdump CSV, "
+        "JSON flows, NetFlow payload files",
+    )
+    sp.add_argument(
+        "--format", choices=["pcap", "netflow", "zeek-tsv", "zeek-json", "argus", "nfdump", "json"]
+    )
+    sp.add_argument("--org", default="local", help="institution id to tag the records with")
+    sp.add_argument("--sensor", default="analyze")
+    sp.add_argument("--out", help="write alerts as ECS JSON lines")
+    sp.add_argument("--report", help="write a self-contained HTML situation report")
+    sp.add_argument("--top", type=int, default=20)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_analyze)
 
     sp = sub.add_parser("retention", help=cmd_retention.__doc__)
     sp.add_argument("--dry-run", action="store_true")

@@ -196,8 +196,15 @@ def alerts_template() -> dict[str, Any]:
                 "dynamic": "strict",
                 "properties": {
                     "@timestamp": _DATE,
-                    "event": _props(kind=_KW, category=_KW, type=_KW, dataset=_KW, severity=_LONG,
-                                    risk_score={"type": "float"}, **ts),
+                    "event": _props(
+                        kind=_KW,
+                        category=_KW,
+                        type=_KW,
+                        dataset=_KW,
+                        severity=_LONG,
+                        risk_score={"type": "float"},
+                        **ts,
+                    ),
                     "rule": _props(id=_KW, name=_KW, ruleset=_KW),
                     "threat": _props(
                         framework=_KW, technique=_props(id=_KW, name=_KW), tactic=_props(id=_KW, name=_KW)

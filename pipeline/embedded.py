@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,8 +58,12 @@ def run_embedded(
     sink: Sink,
     enricher: Enricher | None = None,
     poll_messages: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EmbeddedResult:
-    """Process everything on the flows topic of ``bus`` into ``sink``, then close all windows."""
+    """Process everything on the flows topic of ``bus`` into ``sink``, then close all windows.
+
+    ``progress(done, total)`` is called with counts of messages after each poll.
+    """
     enricher = enricher or Enricher(settings)
     topic = settings.kafka.flows_topic
     step = poll_messages or settings.kafka.max_poll_records
@@ -67,11 +71,16 @@ def run_embedded(
     late = 0
     dead: list[DeadLetter] = []
     sink.setup()
+    todo = sum(len(bus.read(topic, p)) for p in range(bus.partitions))
+    done = 0
     for p in range(bus.partitions):
         proc = PartitionProcessor(settings, enricher, p)
         msgs = bus.read(topic, p)
         for i in range(0, len(msgs), step):
             docs, dl = proc.process(msgs[i : i + step])
+            done += len(msgs[i : i + step])
+            if progress:
+                progress(done, todo)
             for f in sink.write(docs):
                 dl.append(DeadLetter(orjson.dumps(f.doc.source), f.reason, f.doc.index, -1, -1))
             dead.extend(dl)

@@ -63,6 +63,15 @@ class SqliteStore:
         rows = self._db.execute(sql, [*args, limit]).fetchall()
         return [EntitySummary(*(r[0], r[1], *(int(x or 0) for x in r[2:]))) for r in rows]
 
+    def documents(self, family: str, org: str | None = None) -> list[dict[str, Any]]:
+        """Every stored document of an index family (e.g. ``taishi-alerts-v1``), in time order."""
+        import orjson
+
+        sql, args = "SELECT doc FROM docs WHERE family = ?", [family]
+        if org:
+            sql, args = sql + " AND org = ?", [*args, org]
+        return [orjson.loads(r[0]) for r in self._db.execute(sql + " ORDER BY ts, id", args)]
+
     def count(self, family: str, org: str | None = None) -> int:
         sql, args = "SELECT COUNT(*) FROM docs WHERE family = ?", [family]
         if org:
