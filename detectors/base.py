@@ -140,6 +140,22 @@ class WindowedDetector(Detector):
         """Score the window from the concatenated partials."""
 
 
+def frame(columns: dict[str, Any]) -> pd.DataFrame:
+    """A DataFrame that keeps object arrays as object columns.
+
+    Plain ``pd.DataFrame({...})`` copies every string of an object array into an Arrow string array
+    (pandas 3), which costs more than most detectors' whole work on a batch.
+    """
+    return pd.DataFrame(
+        {
+            k: pd.Series(v, dtype=object, copy=False)
+            if isinstance(v, np.ndarray) and v.dtype == object
+            else v
+            for k, v in columns.items()
+        }
+    )
+
+
 def strings(col: pd.Series) -> np.ndarray:
     """A string column as an object array (categoricals and Arrow strings alike)."""
     return col.to_numpy(dtype=object)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from taishi.detectors.base import DetectorParams, Finding, WindowedDetector, epoch_ms, strings
+from taishi.detectors.base import DetectorParams, Finding, WindowedDetector, epoch_ms, frame, strings
 
 
 class ScanParams(DetectorParams):
@@ -63,7 +63,7 @@ class PortScan(WindowedDetector):
         f = flows[m]
         failed = (f["destination.bytes"].to_numpy() == 0) & (f["network.iana_number"].to_numpy() == 6)
         udp_silent = (f["network.iana_number"].to_numpy() == 17) & (f["destination.packets"].to_numpy() == 0)
-        frame = pd.DataFrame(
+        rows = frame(
             {
                 "org": strings(f["organization.id"]),
                 "src": strings(f["source.ip"]),
@@ -77,7 +77,7 @@ class PortScan(WindowedDetector):
             }
         )
         return (
-            frame.groupby(["org", "src", "dst", "port"], sort=False)
+            rows.groupby(["org", "src", "dst", "port"], sort=False)
             .agg(
                 failed=("failed", "sum"),
                 n=("n", "sum"),

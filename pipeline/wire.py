@@ -38,6 +38,9 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
 }
 
 
+_DISTINCT_STRINGS = frozenset({"network.community_id", "url.original"})  # nearly unique per record
+
+
 def arrow_schema(columns: Iterable[str]) -> pa.Schema:
     """Arrow schema for the given contract columns (unknown columns are strings)."""
     return pa.schema([(c, _ARROW_TYPES[contract.FLOW_DTYPES.get(c, "str")]) for c in columns])
@@ -60,6 +63,10 @@ def encode_arrow(columns: Mapping[str, Any]) -> bytes:
             arr = arr.cast(pa.int64()).cast(typ) if v.dtype.kind in "iu" else arr.cast(typ)
         else:
             arr = pa.array(values, type=typ, from_pandas=True)
+        if pa.types.is_string(arr.type) and name not in _DISTINCT_STRINGS:
+            # Addresses, institutions, sensors, names repeat: dictionary-encode them once at the source.
+            # Smaller messages, and the pipeline reads them as categoricals without hashing every string.
+            arr = arr.dictionary_encode()
         arrays.append(arr)
         names.append(name)
     table = pa.Table.from_arrays(arrays, names=names)
