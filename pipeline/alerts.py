@@ -36,6 +36,23 @@ def severity(score: float) -> tuple[int, str]:
     return 1, "low"
 
 
+def plain(obj: Any) -> Any:
+    """JSON-ready copy: numpy scalars and arrays, tuples and sets from detectors become plain Python."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [plain(v) for v in obj]
+    if isinstance(obj, set | frozenset):
+        return sorted(plain(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return [plain(v) for v in obj.tolist()]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and obj != obj:  # NaN is not JSON
+        return None
+    return obj
+
+
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -127,7 +144,7 @@ class DetectorSet:
         inc["first"] = min(inc["first"], first)
         inc["last"] = max(inc["last"], last)
         inc["score"] = max(inc["score"], float(f.score))
-        inc["related"] = sorted({*inc["related"], *f.related_ips, f.entity_ip} - {""})[:50]
+        inc["related"] = sorted({*inc["related"], *(str(ip) for ip in f.related_ips), str(f.entity_ip)} - {""})[:50]
         sev, label = severity(inc["score"])
         tech_name, tactic_id, tactic_name = TECHNIQUES[f.technique]
         techniques = [f.technique, *[t for t in det.techniques if t != f.technique]]
@@ -159,7 +176,7 @@ class DetectorSet:
                     "technique_name": tech_name,
                     "window": {"start": _iso(f.window_start_ms), "end": _iso(f.window_end_ms)},
                 },
-                "evidence": f.evidence,
+                "evidence": plain(f.evidence),
             },
         }
         if f.sensor:
@@ -174,11 +191,11 @@ class DetectorSet:
 
     # Checkpointing -------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        return {
+        return plain({
             "detectors": {d.id: d.snapshot() for d in self.detectors},
             "incidents": self._incidents,
             "history": {str(w): [[i, k, s] for i, k, s in docs] for w, docs in self._history.items()},
-        }
+        })
 
     def restore(self, state: dict[str, Any]) -> None:
         for d in self.detectors:

@@ -417,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         register(sub)
+    from taishi.dashboards.cli import register as register_dashboards
+
+    register_dashboards(sub)
     return p
 
 
