@@ -8,6 +8,10 @@
 #   bash deploy/local/stack.sh reset                 down + wipe runtime data
 #   bash deploy/local/stack.sh env                   print TAISHI_* settings
 #
+# Add --secure (or export TAISHI_ES_SECURE=1) to up/down/status/env to act on a
+# second, security-enabled Elasticsearch instead (TLS, file-realm users, one
+# role per institution; port 39201), which runs beside the normal one.
+#
 # Downloads come from Maven Central through `mvn` and are cached in
 # .cache/ next to this script (plus ~/.m2), so only the first `up` is slow.
 # Versions and ports live in versions.env; see README.md for the details.
@@ -32,8 +36,22 @@ ES_START_TIMEOUT="${TAISHI_ES_START_TIMEOUT:-120}"
 STOP_TIMEOUT="${TAISHI_STOP_TIMEOUT:-30}"
 # Elasticsearch refuses to run as root; as root we run it as this system user.
 ES_USER="${TAISHI_ES_USER:-taishi-es}"
-ES_CLUSTER_NAME="taishi-local"
 HOST="127.0.0.1"
+
+# The secure Elasticsearch (--secure): its own port, runtime dir and smaller
+# heap, so it runs beside the normal one. Users and roles come from the
+# institutions file through `python -m taishi.pipeline.tenancy`.
+ES_SECURE_PORT="${TAISHI_ES_SECURE_PORT:-39201}"
+ES_SECURE_HEAP="${TAISHI_ES_SECURE_HEAP:-512m}"
+ES_SECURE_INSTITUTIONS="${TAISHI_ES_SECURE_INSTITUTIONS:-$SCRIPT_DIR/secure/institutions.toml}"
+# Client side of the secure stack: generated passwords (0600) and a copy of
+# the CA that signed its HTTP certificate.
+SECURE_CLIENT_DIR="$STACK_DIR/es-secure-client"
+SECURE_CREDENTIALS="$SECURE_CLIENT_DIR/credentials.json"
+SECURE_CA="$SECURE_CLIENT_DIR/http_ca.crt"
+SECURE_PIPELINE_USER="taishi-pipeline"
+SECURE="${TAISHI_ES_SECURE:-0}"
+[[ "$SECURE" == 1 || "$SECURE" == true ]] && SECURE=1 || SECURE=0
 
 # Fallback runtime dir for Elasticsearch, unique per checkout so two clones
 # on one machine do not share data.
@@ -426,6 +444,36 @@ kafka_down() {
 
 is_root() { ((EUID == 0)); }
 
+# Which Elasticsearch the es_* functions act on. Both kinds share the code;
+# they differ in runtime dir, port, cluster name, heap and security.
+ES_KIND=plain
+ES_NAME=es
+ES_PORT="$TAISHI_ES_PORT"
+ES_CLUSTER_NAME="taishi-local"
+ES_NODE_NAME="taishi-local-1"
+ES_HEAP_CUR="$ES_HEAP"
+ES_LABEL="Elasticsearch"
+es_select() {
+  case "$1" in
+    plain)
+      ES_KIND=plain ES_NAME=es ES_PORT="$TAISHI_ES_PORT" ES_CLUSTER_NAME=taishi-local
+      ES_NODE_NAME=taishi-local-1 ES_HEAP_CUR="$ES_HEAP" ES_LABEL="Elasticsearch"
+      ;;
+    secure)
+      ES_KIND=secure ES_NAME=es-secure ES_PORT="$ES_SECURE_PORT" ES_CLUSTER_NAME=taishi-local-secure
+      ES_NODE_NAME=taishi-secure-1 ES_HEAP_CUR="$ES_SECURE_HEAP" ES_LABEL="secure Elasticsearch"
+      ;;
+  esac
+  ES_BASE=""
+}
+es_url() {
+  if [[ "$ES_KIND" == secure ]]; then
+    printf 'https://%s:%s\n' "$HOST" "$ES_PORT"
+  else
+    printf 'http://%s:%s\n' "$HOST" "$ES_PORT"
+  fi
+}
+
 # Where the unpacked Elasticsearch, its data and logs live. As root it runs
 # as $ES_USER, who must be able to traverse every parent folder; a clone
 # under e.g. /root is not traversable, hence the /var/tmp fallback.
@@ -434,11 +482,11 @@ es_base() {
   if [[ -z "$ES_BASE" ]]; then
     if ! is_root; then
       ES_BASE="$STACK_DIR"
-    elif read_pid "$STACK_DIR/es/es.pid" 'org\.elasticsearch' >/dev/null; then
+    elif read_pid "$STACK_DIR/$ES_NAME/es.pid" 'org\.elasticsearch' >/dev/null; then
       # Already running somewhere: keep finding it there even if the
       # traversal check would now answer differently.
       ES_BASE="$STACK_DIR"
-    elif read_pid "$ES_FALLBACK_BASE/es/es.pid" 'org\.elasticsearch' >/dev/null; then
+    elif read_pid "$ES_FALLBACK_BASE/$ES_NAME/es.pid" 'org\.elasticsearch' >/dev/null; then
       ES_BASE="$ES_FALLBACK_BASE"
     elif [[ -d "$STACK_DIR" ]] && id -u "$ES_USER" >/dev/null 2>&1 &&
       runuser -u "$ES_USER" -- test -x "$STACK_DIR" 2>/dev/null; then
@@ -449,7 +497,7 @@ es_base() {
   fi
   printf '%s\n' "$ES_BASE"
 }
-es_dir() { printf '%s/es\n' "$(es_base)"; }
+es_dir() { printf '%s/%s\n' "$(es_base)" "$ES_NAME"; }
 es_home() { printf '%s/elasticsearch-%s\n' "$(es_dir)" "$ES_VERSION"; }
 es_main_log() { printf '%s/logs/%s.log\n' "$(es_dir)" "$ES_CLUSTER_NAME"; }
 es_pid() { read_pid "$(es_dir)/es.pid" 'org\.elasticsearch'; }
@@ -490,9 +538,9 @@ es_prepare() {
   dir="$(es_dir)"
   home="$(es_home)"
   if [[ "$base" == "$STACK_DIR" ]]; then
-    log "Elasticsearch runtime dir: $dir"
+    log "$ES_LABEL runtime dir: $dir"
   else
-    log "Elasticsearch runtime dir: $dir ($ES_USER cannot traverse $STACK_DIR)"
+    log "$ES_LABEL runtime dir: $dir ($ES_USER cannot traverse $STACK_DIR)"
   fi
   mkdir -p "$dir/data" "$dir/logs"
   if [[ ! -f "$home/.complete" ]]; then
@@ -512,11 +560,151 @@ es_prepare() {
   fi
 }
 
+# --------------------------------------------------- secure Elasticsearch --
+#
+# `--secure` runs a second Elasticsearch with security on: TLS on HTTP and
+# transport (auto-configured on its first start), and file-realm users whose
+# roles give each institution read access to its own indices only. roles.yml,
+# users and users_roles are generated by `python -m taishi.pipeline.tenancy`
+# from the institutions file (no JVM per user, unlike elasticsearch-users).
+
+# Python with Taishi installed (sets TAISHI_PY); fails if there is none.
+TAISHI_PY=""
+taishi_python_init() {
+  local py
+  [[ -n "$TAISHI_PY" ]] && return 0
+  for py in "${TAISHI_PYTHON:-}" "$REPO_ROOT/.venv/bin/python" "$(command -v python3 2>/dev/null || true)"; do
+    [[ -n "$py" && -x "$py" ]] || continue
+    if "$py" -c 'import taishi.pipeline.tenancy' 2>/dev/null; then
+      TAISHI_PY="$py"
+      return 0
+    fi
+  done
+  return 1
+}
+
+need_taishi_python() {
+  taishi_python_init ||
+    die "the secure Elasticsearch needs a Python with Taishi installed (run \`make setup\`, or set TAISHI_PYTHON)"
+}
+
+# The file-realm users: names in order, role and password by name.
+SECURE_USERS=()
+declare -A SECURE_ROLE=() SECURE_PW=()
+
+# Parse the tenancy CLI's name<TAB>role<TAB>password lines.
+secure_parse_users() {
+  local name role pw
+  SECURE_USERS=()
+  SECURE_ROLE=()
+  SECURE_PW=()
+  while IFS=$'\t' read -r name role pw; do
+    [[ -n "$name" ]] || continue
+    SECURE_USERS+=("$name")
+    SECURE_ROLE[$name]=$role
+    SECURE_PW[$name]=$pw
+  done <<<"$1"
+}
+
+# Users and passwords as they are now; generates nothing (for env/status).
+secure_read_users() {
+  local out
+  taishi_python_init || return 1
+  out="$("$TAISHI_PY" -m taishi.pipeline.tenancy users --institutions "$ES_SECURE_INSTITUTIONS" \
+    --credentials "$SECURE_CREDENTIALS" 2>/dev/null)" || return 1
+  secure_parse_users "$out"
+}
+
+# Generate roles.yml, users and users_roles and install those that changed.
+# Passwords come from TAISHI_ES_PASSWORD_<USER> or are generated once into
+# $SECURE_CREDENTIALS (0600). Existing hashes are kept when they still match,
+# so an unchanged institutions file changes nothing. Elasticsearch watches
+# these files and reloads them (about every 5 s), also while it runs.
+secure_sync() {
+  local conf stage out f changed=0
+  need_taishi_python
+  conf="$(es_home)/config"
+  stage="$(es_dir)/tenancy.stage"
+  mkdir -p "$SECURE_CLIENT_DIR"
+  chmod 700 "$SECURE_CLIENT_DIR"
+  rm -rf -- "$stage"
+  if ! out="$("$TAISHI_PY" -m taishi.pipeline.tenancy write --institutions "$ES_SECURE_INSTITUTIONS" \
+    --credentials "$SECURE_CREDENTIALS" --existing-users "$conf/users" --out "$stage")"; then
+    rm -rf -- "$stage"
+    die "generating roles and users from $ES_SECURE_INSTITUTIONS failed"
+  fi
+  secure_parse_users "$out"
+  # Staged in the runtime dir (same file system), so each mv is atomic and
+  # the node never reads a half-written or not-yet-chowned file.
+  for f in roles.yml users_roles users; do
+    if ! cmp -s -- "$stage/$f" "$conf/$f"; then
+      chmod 600 "$stage/$f"
+      if is_root; then
+        chown "$ES_USER:" "$stage/$f"
+      fi
+      mv -f -- "$stage/$f" "$conf/$f"
+      changed=1
+    fi
+  done
+  rm -rf -- "$stage"
+  if ((changed)); then
+    log "installed roles and ${#SECURE_USERS[@]} file-realm users from $ES_SECURE_INSTITUTIONS"
+  fi
+}
+
+es_ca() { printf '%s/config/certs/http_ca.crt\n' "$(es_home)"; }
+
+# curl as a file-realm user. The password goes in a config on stdin, so it
+# never appears in a process listing.
+secure_curl() {
+  local user=$1 path=$2 ca pw
+  ca="$(es_ca)"
+  [[ -r "$ca" ]] || return 1
+  pw="${SECURE_PW[$user]-}"
+  pw="${pw//\\/\\\\}"
+  pw="${pw//\"/\\\"}"
+  printf 'user = "%s:%s"\n' "$user" "$pw" |
+    curl -fsS -m 5 --cacert "$ca" -K - "https://$HOST:$ES_PORT$path" 2>/dev/null
+}
+
+# Wait until every user authenticates with its current password and role
+# (right after secure_sync the node may still be reloading the files).
+secure_wait_users() {
+  local deadline=$((SECONDS + 30)) name body missing
+  while true; do
+    missing=""
+    for name in "${SECURE_USERS[@]}"; do
+      if ! body="$(secure_curl "$name" /_security/_authenticate)" ||
+        [[ "$body" != *"\"${SECURE_ROLE[$name]}\""* ]]; then
+        missing+=" $name"
+      fi
+    done
+    [[ -z "$missing" ]] && return 0
+    ((SECONDS < deadline)) || es_fail "file-realm users not accepted after 30s:$missing"
+    sleep 1
+  done
+}
+
+# Copy the CA to a stable path for clients (TAISHI_ELASTICSEARCH__CA_CERTS).
+secure_publish_ca() {
+  local ca
+  ca="$(es_ca)"
+  if ! cmp -s -- "$ca" "$SECURE_CA"; then
+    install -m 644 -- "$ca" "$SECURE_CA"
+  fi
+}
+
+# ---------------------------------------------- Elasticsearch, both kinds --
+
 # Cluster health (not GET /, which the minimal distribution does not serve).
 # Prints the status; succeeds on yellow or green.
 es_health() {
   local body status
-  body="$(curl -fsS -m 3 "http://$HOST:$TAISHI_ES_PORT/_cluster/health" 2>/dev/null)" || return 1
+  if [[ "$ES_KIND" == secure ]]; then
+    body="$(secure_curl "$SECURE_PIPELINE_USER" /_cluster/health)" || return 1
+  else
+    body="$(curl -fsS -m 3 "http://$HOST:$ES_PORT/_cluster/health" 2>/dev/null)" || return 1
+  fi
   status="$(printf '%s' "$body" | sed -n 's/.*"status":"\([a-z]*\)".*/\1/p')"
   printf '%s\n' "$status"
   [[ "$status" == green || "$status" == yellow ]]
@@ -530,18 +718,34 @@ es_fail() {
   die "$1 (logs: $(es_main_log), $dir/cli.out)"
 }
 
+es_port_var() {
+  if [[ "$ES_KIND" == secure ]]; then echo TAISHI_ES_SECURE_PORT; else echo TAISHI_ES_PORT; fi
+}
+
+# Ready: healthy and, for the secure one, every user accepted.
+es_ready_extra() {
+  if [[ "$ES_KIND" == secure ]]; then
+    secure_wait_users
+    secure_publish_ca
+  fi
+}
+
 es_up() {
   local pid java_home dir home start=$SECONDS deadline
   need curl "it checks Elasticsearch health; apt-get install curl"
   if pid="$(es_pid)"; then
+    if [[ "$ES_KIND" == secure ]]; then
+      secure_sync # a changed institutions file takes effect without a restart
+    fi
     if es_health >/dev/null; then
-      log "Elasticsearch already up at http://$HOST:$TAISHI_ES_PORT (pid $pid)"
+      es_ready_extra
+      log "$ES_LABEL already up at $(es_url) (pid $pid)"
       return 0
     fi
-    log "Elasticsearch (pid $pid) is running but not healthy yet; waiting"
+    log "$ES_LABEL (pid $pid) is running but not healthy yet; waiting"
   else
-    if port_open "$TAISHI_ES_PORT"; then
-      die "port $TAISHI_ES_PORT is taken by another process (not this stack's Elasticsearch); stop it or set TAISHI_ES_PORT"
+    if port_open "$ES_PORT"; then
+      die "port $ES_PORT is taken by another process (not this stack's $ES_LABEL); stop it or set $(es_port_var)"
     fi
     java_home="$(es_java_home)"
     ensure_es_user
@@ -550,47 +754,61 @@ es_up() {
     es_prepare
     dir="$(es_dir)"
     home="$(es_home)"
+    if [[ "$ES_KIND" == secure ]]; then
+      secure_sync # before the first start, so the node starts with its users
+    fi
     rm -f -- "$dir/es.pid"
-    local -a launch=(env "ES_JAVA_HOME=$java_home" "ES_JAVA_OPTS=-Xms$ES_HEAP -Xmx$ES_HEAP"
+    local -a launch=(env "ES_JAVA_HOME=$java_home" "ES_JAVA_OPTS=-Xms$ES_HEAP_CUR -Xmx$ES_HEAP_CUR"
       "$home/bin/elasticsearch" -d -p "$dir/es.pid"
-      -E "cluster.name=$ES_CLUSTER_NAME" -E node.name=taishi-local-1
+      -E "cluster.name=$ES_CLUSTER_NAME" -E "node.name=$ES_NODE_NAME"
       -E "path.data=$dir/data" -E "path.logs=$dir/logs"
-      -E discovery.type=single-node -E "network.host=$HOST" -E "http.port=$TAISHI_ES_PORT"
-      -E xpack.security.enabled=false
+      -E discovery.type=single-node -E "network.host=$HOST" -E "http.port=$ES_PORT"
       # A nearly full CI disk must not make shards unassignable (red health).
       -E cluster.routing.allocation.disk.threshold_enabled=false)
+    # The secure one gets no security flag on purpose: on a first start with
+    # xpack.security.enabled unset, Elasticsearch auto-configures security
+    # (TLS certificates, CA in config/certs/http_ca.crt) and records it in
+    # elasticsearch.yml. An explicit xpack.security.enabled=true would skip
+    # that auto-configuration and leave HTTP without TLS.
+    if [[ "$ES_KIND" == plain ]]; then
+      launch+=(-E xpack.security.enabled=false)
+    fi
     if is_root; then
       launch=(runuser -u "$ES_USER" -- "${launch[@]}")
     fi
     ES_LOG_FROM="$(file_size "$(es_main_log)")"
-    log "starting Elasticsearch $ES_VERSION on http://$HOST:$TAISHI_ES_PORT (heap $ES_HEAP, $java_home)"
+    log "starting $ES_LABEL $ES_VERSION on $(es_url) (heap $ES_HEAP_CUR, $java_home)"
     # -d daemonizes after the node has started; setsid -w detaches it from
     # this terminal's process group and still waits for the launcher's exit
     # code. The working dir must be one the ES user can enter.
     if ! (cd "$dir" && setsid -w "${launch[@]}" >"$dir/cli.out" 2>&1 </dev/null 9>&-); then
-      es_fail "Elasticsearch failed to start"
+      es_fail "$ES_LABEL failed to start"
+    fi
+    if [[ "$ES_KIND" == secure && ! -r "$(es_ca)" ]]; then
+      es_fail "no $(es_ca): security auto-configuration did not run (it only runs on a first start with an empty data dir; \`stack.sh reset\` starts over)"
     fi
   fi
   deadline=$((SECONDS + ES_START_TIMEOUT))
   while ((SECONDS < deadline)); do
     if ! pid="$(es_pid)"; then
-      es_fail "Elasticsearch exited during start-up"
+      es_fail "$ES_LABEL exited during start-up"
     fi
     if es_health >/dev/null; then
-      log "Elasticsearch up at http://$HOST:$TAISHI_ES_PORT (pid $pid, health $(es_health || true), ready after $((SECONDS - start))s)"
+      es_ready_extra
+      log "$ES_LABEL up at $(es_url) (pid $pid, health $(es_health || true), ready after $((SECONDS - start))s)"
       return 0
     fi
     sleep 0.5
   done
-  es_fail "Elasticsearch not healthy (yellow/green) after ${ES_START_TIMEOUT}s"
+  es_fail "$ES_LABEL not healthy (yellow/green) after ${ES_START_TIMEOUT}s"
 }
 
 es_down() {
   local pid
   if pid="$(es_pid)"; then
-    stop_pid "$pid" 'org\.elasticsearch' Elasticsearch
+    stop_pid "$pid" 'org\.elasticsearch' "$ES_LABEL"
   else
-    log "Elasticsearch is not running"
+    log "$ES_LABEL is not running"
   fi
   rm -f -- "$(es_dir)/es.pid"
 }
@@ -612,6 +830,10 @@ cmd_up() {
   case "$1" in
     kafka) kafka_up ;;
     es) es_up ;;
+    es-secure)
+      es_select secure
+      es_up
+      ;;
     all)
       # Launch Kafka first and let it boot while Elasticsearch starts.
       if kafka_pid >/dev/null; then
@@ -631,15 +853,51 @@ cmd_down() {
   case "$1" in
     kafka) kafka_down ;;
     es) es_down ;;
+    es-secure)
+      es_select secure
+      es_down
+      ;;
     all)
       kafka_down
       es_down
+      # `down` (what `make test` runs at the end) also stops a secure
+      # Elasticsearch that a test or a developer left running.
+      es_select secure
+      if es_pid >/dev/null; then
+        es_down
+      fi
+      es_select plain
       ;;
   esac
 }
 
+# One status line for the selected Elasticsearch; fails unless it is up.
+es_status_line() {
+  local pid health name=elasticsearch
+  if [[ "$ES_KIND" == secure ]]; then
+    name=es-secure
+    secure_read_users || true
+  fi
+  if pid="$(es_pid)"; then
+    if health="$(es_health)"; then
+      printf '%-14s %-9s %s (pid %s, health %s, dir %s)\n' "$name" up "$(es_url)" "$pid" "$health" "$(es_dir)"
+    else
+      printf '%-14s %-9s %s (pid %s, health %s)\n' "$name" starting "$(es_url)" "$pid" "${health:-none}"
+      return 1
+    fi
+  else
+    printf '%-14s %-9s %s\n' "$name" down "$(es_url)"
+    return 1
+  fi
+}
+
 cmd_status() {
-  local pid health rc=0
+  local pid rc=0
+  if ((SECURE)); then
+    es_select secure
+    es_status_line
+    return
+  fi
   if pid="$(kafka_pid)"; then
     if kafka_ready; then
       printf '%-14s %-9s %s (pid %s)\n' kafka up "$HOST:$TAISHI_KAFKA_PORT" "$pid"
@@ -651,24 +909,20 @@ cmd_status() {
     printf '%-14s %-9s %s\n' kafka down "$HOST:$TAISHI_KAFKA_PORT"
     rc=1
   fi
-  if pid="$(es_pid)"; then
-    if health="$(es_health)"; then
-      printf '%-14s %-9s %s (pid %s, health %s, dir %s)\n' elasticsearch up "http://$HOST:$TAISHI_ES_PORT" "$pid" "$health" "$(es_dir)"
-    else
-      printf '%-14s %-9s %s (pid %s, health %s)\n' elasticsearch starting "http://$HOST:$TAISHI_ES_PORT" "$pid" "${health:-none}"
-      rc=1
-    fi
-  else
-    printf '%-14s %-9s %s\n' elasticsearch down "http://$HOST:$TAISHI_ES_PORT"
-    rc=1
+  es_status_line || rc=1
+  # The secure one is listed when it runs, without affecting the exit code.
+  es_select secure
+  if es_pid >/dev/null; then
+    es_status_line || true
   fi
+  es_select plain
   return "$rc"
 }
 
 cmd_reset() {
   cmd_down all
   log "wiping runtime data (cached downloads in $CACHE_DIR are kept)"
-  rm -rf -- "$KAFKA_DIR" "$STACK_DIR/es"
+  rm -rf -- "$KAFKA_DIR" "$STACK_DIR/es" "$STACK_DIR/es-secure" "$SECURE_CLIENT_DIR"
   # The fallback dir may hold an earlier run's Elasticsearch too.
   if [[ -d "$ES_FALLBACK_BASE" ]]; then
     rm -rf -- "$ES_FALLBACK_BASE"
@@ -677,22 +931,50 @@ cmd_reset() {
 }
 
 cmd_env() {
+  local name
+  if ((SECURE)); then
+    es_select secure
+    printf 'TAISHI_ELASTICSEARCH__URL=%s\n' "$(es_url)"
+    printf 'TAISHI_ELASTICSEARCH__CA_CERTS=%q\n' "$SECURE_CA"
+    printf 'TAISHI_ELASTICSEARCH__USERNAME=%s\n' "$SECURE_PIPELINE_USER"
+    printf 'TAISHI_ES_SECURE_INSTITUTIONS=%q\n' "$ES_SECURE_INSTITUTIONS"
+    printf 'TAISHI_ES_SECURE_CREDENTIALS=%q\n' "$SECURE_CREDENTIALS"
+    if secure_read_users; then
+      printf 'TAISHI_ELASTICSEARCH__PASSWORD=%q\n' "${SECURE_PW[$SECURE_PIPELINE_USER]}"
+      printf '# file-realm users (passwords in TAISHI_ES_SECURE_CREDENTIALS or TAISHI_ES_PASSWORD_<USER>):\n'
+      for name in "${SECURE_USERS[@]}"; do
+        printf '#   %-30s role %s\n' "$name" "${SECURE_ROLE[$name]}"
+      done
+    else
+      printf '# no credentials yet: run "stack.sh up es --secure" first\n'
+    fi
+    if [[ ! -r "$SECURE_CA" ]]; then
+      printf '# the CA file appears after the first "stack.sh up es --secure"\n'
+    fi
+    return
+  fi
   printf 'TAISHI_KAFKA__BOOTSTRAP_SERVERS=%s:%s\n' "$HOST" "$TAISHI_KAFKA_PORT"
   printf 'TAISHI_ELASTICSEARCH__URL=http://%s:%s\n' "$HOST" "$TAISHI_ES_PORT"
 }
 
 usage() {
   cat <<'EOF'
-usage: stack.sh COMMAND [TARGET]
+usage: stack.sh COMMAND [TARGET] [--secure]
 
   up [kafka|es|all]     start (default all); no-op if already up and healthy
   down [kafka|es|all]   stop gracefully (SIGTERM, SIGKILL after TAISHI_STOP_TIMEOUT s);
-                        data and downloads are kept, so `up` restarts in seconds
+                        data and downloads are kept, so `up` restarts in seconds;
+                        `down all` also stops the secure Elasticsearch if it runs
   status                one line per service; exit 0 only if all are up
   reset                 down all, then wipe runtime data (downloads kept)
   env                   print TAISHI_KAFKA__BOOTSTRAP_SERVERS / TAISHI_ELASTICSEARCH__URL
   kafka-stop            same as `down kafka`
   kafka-start           same as `up kafka`
+
+  --secure (or TAISHI_ES_SECURE=1): up/down/status/env act on the secure
+  Elasticsearch only (https://127.0.0.1:39201, TLS, one file-realm user and role
+  per institution of TAISHI_ES_SECURE_INSTITUTIONS); `env --secure` prints its
+  URL, CA file, pipeline credentials and the list of users.
 EOF
 }
 
@@ -708,16 +990,39 @@ target_arg() {
   esac
 }
 
+# With --secure the target is the secure Elasticsearch (the default `all`
+# included); Kafka has no secure variant in this stack.
+secure_target() {
+  if ((SECURE)); then
+    [[ "$1" == kafka ]] && die "--secure applies to Elasticsearch only"
+    echo es-secure
+  else
+    echo "$1"
+  fi
+}
+
 main() {
-  local cmd="${1:-}" target
+  local cmd target arg
+  local -a args=()
+  for arg in "$@"; do
+    if [[ "$arg" == --secure ]]; then
+      SECURE=1
+    else
+      args+=("$arg")
+    fi
+  done
+  set -- "${args[@]+"${args[@]}"}"
+  cmd="${1:-}"
   shift || true
   case "$cmd" in
     up)
       target="$(target_arg "${1:-all}")"
+      target="$(secure_target "$target")"
       cmd_up "$target"
       ;;
     down | stop)
       target="$(target_arg "${1:-all}")"
+      target="$(secure_target "$target")"
       cmd_down "$target"
       ;;
     kafka-start) cmd_up kafka ;;
