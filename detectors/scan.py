@@ -60,6 +60,14 @@ class PortScan(WindowedDetector):
         m = (proto == 6) | (proto == 17)
         if not m.any():
             return flows.iloc[:0]
+        # One-way exports (NetFlow/IPFIX: one record per direction) cannot tell an unanswered UDP probe
+        # from any UDP record, and a UDP record from a service port is a server's reply, not a probe.
+        udp = proto == 17
+        one_way = strings(flows["event.dataset"]).astype(str)
+        one_way = np.char.startswith(one_way, "netflow") | np.char.startswith(one_way, "ipfix")
+        m &= ~(udp & ((flows["source.port"].to_numpy() < 1024) | one_way))
+        if not m.any():
+            return flows.iloc[:0]
         f = flows[m]
         failed = (f["destination.bytes"].to_numpy() == 0) & (f["network.iana_number"].to_numpy() == 6)
         udp_silent = (f["network.iana_number"].to_numpy() == 17) & (f["destination.packets"].to_numpy() == 0)

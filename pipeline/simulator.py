@@ -2,12 +2,15 @@
 
 Generates flow records columnar (numpy) for the demo, the tests and the benchmarks: several institutions
 reusing the same RFC1918 space, a few sensors each, clients talking to web, DNS, mail and database
-services, heavy-tailed sizes, more traffic in office hours. Same seed, same records.
+services, heavy-tailed sizes, more traffic in office hours. Same seed, same records. DNS flows carry
+query names drawn (popular ones more often) from a bundled sample of popular benign names.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
 
 import numpy as np
 
@@ -111,8 +114,35 @@ def simulate(spec: SectorSpec) -> dict[str, np.ndarray]:
     cols["network.community_id"] = community_ids(
         cols["source.ip"], cols["destination.ip"], sport, dport, proto
     )
+    cols.update(_dns_metadata(spec.seed, dport == 53))
     sort = np.argsort(cols["@timestamp"], kind="stable")
     return {k: v[sort] for k, v in cols.items()}
+
+
+_QTYPES = (("A", 0.68), ("AAAA", 0.25), ("HTTPS", 0.04), ("MX", 0.01), ("TXT", 0.01), ("SRV", 0.01))
+_RCODES = (("NOERROR", 0.965), ("NXDOMAIN", 0.03), ("SERVFAIL", 0.005))
+
+
+@lru_cache(maxsize=1)
+def benign_names() -> np.ndarray:
+    """The bundled sample of popular benign DNS names, in rank order."""
+    text = (resources.files("taishi.pipeline") / "benign_domains.txt").read_text()
+    return np.array([ln for ln in text.splitlines() if ln and not ln.startswith("#")], dtype=object)
+
+
+def _dns_metadata(seed: int, is_dns: np.ndarray) -> dict[str, np.ndarray]:
+    """Query name, type and response code of DNS flows ("" elsewhere), from their own random stream so
+    the other columns do not change."""
+    rng = np.random.default_rng([seed, 53])
+    n, k = len(is_dns), int(is_dns.sum())
+    names = benign_names()
+    out = {c: np.full(n, "", dtype=object) for c in ("dns.question.name", "dns.question.type", "dns.response_code")}
+    out["dns.question.name"][is_dns] = names[(rng.zipf(1.2, k) - 1) % len(names)]
+    for col, table in (("dns.question.type", _QTYPES), ("dns.response_code", _RCODES)):
+        values = np.array([v for v, _ in table], dtype=object)
+        p = np.array([w for _, w in table])
+        out[col][is_dns] = values[rng.choice(len(values), k, p=p / p.sum())]
+    return out
 
 
 def _public_pool(rng: np.random.Generator, n: int) -> np.ndarray:

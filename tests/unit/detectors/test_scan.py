@@ -43,3 +43,27 @@ def test_an_ongoing_scan_is_one_incident_whose_count_grows(tmp_path):
     assert len(alerts) == 1, "one incident, not one alert per window"
     assert alerts[0]["taishi"]["alert"]["count"] >= 4
     assert Path(folder).exists()
+
+
+def test_one_way_udp_records_and_service_replies_are_not_probes(tmp_path):
+    import numpy as np
+
+    from taishi.detectors.scan import PortScan
+    from taishi.pipeline import attacks
+    from taishi.pipeline.config import Settings
+    from taishi.pipeline.enrich import Enricher
+    from taishi.pipeline.validate import validate_flows
+
+    def findings(**kw):
+        ts = 1_795_000_000_000 + np.arange(300) * 100
+        cols = attacks.flows(ts, "bank-a", kw.pop("src"), "10.0.0.9", np.arange(2000, 2300), proto=17, **kw)
+        import pandas as pd
+
+        df = Enricher(Settings(), indicators={}).enrich(validate_flows(pd.DataFrame(cols)).frame)
+        det = PortScan()
+        det.add(df, np.full(len(df), 1_795_000_000_000 // 300_000 * 300_000))
+        return det.close(1_795_000_000_000 // 300_000 * 300_000, 0)
+
+    assert findings(src="10.0.0.7", sport=40000), "bidirectional records, no answers: probes"
+    assert not findings(src="10.0.0.53", sport=53), "a DNS server's replies to many client ports"
+    assert not findings(src="10.0.0.7", sport=40000, event__dataset="netflow"), "one-way export: no verdict"
