@@ -335,14 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    def sector_args(sp: argparse.ArgumentParser, flows: int) -> None:
+    def sector_args(sp: argparse.ArgumentParser, flows: int, minutes: int = 30) -> None:
         sp.add_argument("--institutions", type=int, default=5)
         sp.add_argument("--flows", type=int, default=flows)
-        sp.add_argument("--minutes", type=int, default=30)
+        sp.add_argument("--minutes", type=int, default=minutes)
         sp.add_argument("--seed", type=int, default=7)
 
     sp = sub.add_parser("demo", help=cmd_demo.__doc__)
-    sector_args(sp, 200_000)
+    sector_args(sp, 300_000, minutes=75)
     sp.add_argument("--store", default="taishi-demo.sqlite")
     sp.add_argument("--report", default="taishi-demo.html", help="HTML report path ('' for none)")
     sp.add_argument("--top", type=int, default=10)
