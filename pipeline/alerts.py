@@ -144,7 +144,9 @@ class DetectorSet:
         inc["first"] = min(inc["first"], first)
         inc["last"] = max(inc["last"], last)
         inc["score"] = max(inc["score"], float(f.score))
-        inc["related"] = sorted({*inc["related"], *(str(ip) for ip in f.related_ips), str(f.entity_ip)} - {""})[:50]
+        inc["related"] = sorted(
+            {*inc["related"], *(str(ip) for ip in f.related_ips), str(f.entity_ip)} - {""}
+        )[:50]
         sev, label = severity(inc["score"])
         tech_name, tactic_id, tactic_name = TECHNIQUES[f.technique]
         techniques = [f.technique, *[t for t in det.techniques if t != f.technique]]
@@ -191,11 +193,13 @@ class DetectorSet:
 
     # Checkpointing -------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        return plain({
-            "detectors": {d.id: d.snapshot() for d in self.detectors},
-            "incidents": self._incidents,
-            "history": {str(w): [[i, k, s] for i, k, s in docs] for w, docs in self._history.items()},
-        })
+        return plain(
+            {
+                "detectors": {d.id: d.snapshot() for d in self.detectors},
+                "incidents": self._incidents,
+                "history": {str(w): [[i, k, s] for i, k, s in docs] for w, docs in self._history.items()},
+            }
+        )
 
     def restore(self, state: dict[str, Any]) -> None:
         for d in self.detectors:

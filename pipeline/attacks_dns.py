@@ -125,7 +125,9 @@ def busy_resolver(
         dtype=object,
     )
     rcode = np.where(rng.random(queries) < 0.03, "NXDOMAIN", "NOERROR").astype(object)
-    qtype = rng.choice(np.array(["A", "AAAA", "HTTPS", "TXT"], dtype=object), queries, p=[0.6, 0.3, 0.07, 0.03])
+    qtype = rng.choice(
+        np.array(["A", "AAAA", "HTTPS", "TXT"], dtype=object), queries, p=[0.6, 0.3, 0.07, 0.03]
+    )
     cols = _dns(ts, org, src, names, qtype=qtype, rcode=rcode, resolver=upstream, seed=seed)
     return cols, Label("", org, src, int(ts[0]), int(ts[-1]), "busy resolver")
 
@@ -143,7 +145,8 @@ def av_reputation_lookups(
     rng = np.random.default_rng(seed)
     ts = _times(rng, start_ms, lookups, duration_s)
     names = [
-        f"{hashlib.sha1(rng.bytes(16)).hexdigest()}.{rng.bytes(4).hex()}.4.v3.{domain}" for _ in range(lookups)
+        f"{hashlib.sha1(rng.bytes(16)).hexdigest()}.{rng.bytes(4).hex()}.4.v3.{domain}"
+        for _ in range(lookups)
     ]
     qtype = np.full(lookups, "A", dtype=object)
     cols = _dns(ts, org, src, names, qtype=qtype, seed=seed)
@@ -192,7 +195,9 @@ def dga_names(algorithm: str, count: int, seed: int = 0) -> list[str]:
             label = hashlib.md5(f"{seed}-2026-11-18-{i}".encode()).hexdigest()[: int(rng.integers(12, 17))]
             label = "".join(c if c.isalpha() or rng.random() < 0.4 else chr(ord("g") + int(c)) for c in label)
         elif algorithm == "mixed":
-            label = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz0123456789"), int(rng.integers(8, 15))))
+            label = "".join(
+                rng.choice(list("abcdefghijklmnopqrstuvwxyz0123456789"), int(rng.integers(8, 15)))
+            )
         else:
             raise ValueError(f"algorithm {algorithm!r}: expected letters, hashed or mixed")
         out.append(f"{label}.{tld}")
@@ -215,7 +220,9 @@ def dga_host(
     qnames = dga_names(algorithm, names, seed)
     rcode = np.full(names, "NXDOMAIN", dtype=object)
     rcode[rng.choice(names, min(resolved, names), replace=False)] = "NOERROR"
-    cols = _dns(ts, org, src, qnames, rcode=rcode, answer_bytes=np.where(rcode == "NOERROR", 60, 20), seed=seed)
+    cols = _dns(
+        ts, org, src, qnames, rcode=rcode, answer_bytes=np.where(rcode == "NOERROR", 60, 20), seed=seed
+    )
     return cols, Label("dga", org, src, int(ts[0]), int(ts[-1]), "nxdomain")
 
 
@@ -255,9 +262,13 @@ def popular_and_cdn(
     org: str, src: str, start_ms: int, queries: int = 800, duration_s: float = 600, seed: int = 43
 ) -> tuple[dict[str, np.ndarray], Label]:
     """Benign: one host browsing hundreds of popular sites and their CDN hosts, a few NXDOMAIN among them."""
-    pop, _ = busy_resolver(org, src, start_ms, upstream=_RESOLVER, queries=queries, duration_s=duration_s, seed=seed)
+    pop, _ = busy_resolver(
+        org, src, start_ms, upstream=_RESOLVER, queries=queries, duration_s=duration_s, seed=seed
+    )
     cdn, _ = cdn_hostnames(org, src, start_ms, queries=queries // 2, duration_s=duration_s, seed=seed + 1)
     from taishi.pipeline.attacks import merge
 
     cols = merge(pop, cdn)
-    return cols, Label("", org, src, int(cols["@timestamp"][0]), int(cols["@timestamp"][-1]), "popular and CDN")
+    return cols, Label(
+        "", org, src, int(cols["@timestamp"][0]), int(cols["@timestamp"][-1]), "popular and CDN"
+    )

@@ -18,13 +18,37 @@ CAMPAIGN_SOURCE = "203.0.113.50"
 # (module, injector, kwargs) relative to the sector start; modules that are not installed are skipped.
 _PLAN: list[tuple[str, str, dict[str, Any]]] = [
     ("attacks", "vertical_scan", {"org": 0, "src": CAMPAIGN_SOURCE, "dst": "10.0.1.10", "offset_s": 240}),
-    ("attacks", "vertical_scan", {"org": 1, "src": CAMPAIGN_SOURCE, "dst": "10.0.1.11", "offset_s": 420, "seed": 5}),
-    ("attacks", "vertical_scan", {"org": 3, "src": CAMPAIGN_SOURCE, "dst": "10.0.2.20", "offset_s": 600, "seed": 6}),
-    ("attacks", "horizontal_scan", {"org": 2, "src": "10.1.0.42", "subnet": "10.0.7", "port": 445, "offset_s": 900}),
-    ("attacks_access", "password_guessing", {"org": 1, "src": "185.220.101.33", "dst": "10.0.2.20", "offset_s": 600}),
+    (
+        "attacks",
+        "vertical_scan",
+        {"org": 1, "src": CAMPAIGN_SOURCE, "dst": "10.0.1.11", "offset_s": 420, "seed": 5},
+    ),
+    (
+        "attacks",
+        "vertical_scan",
+        {"org": 3, "src": CAMPAIGN_SOURCE, "dst": "10.0.2.20", "offset_s": 600, "seed": 6},
+    ),
+    (
+        "attacks",
+        "horizontal_scan",
+        {"org": 2, "src": "10.1.0.42", "subnet": "10.0.7", "port": 445, "offset_s": 900},
+    ),
+    (
+        "attacks_access",
+        "password_guessing",
+        {"org": 1, "src": "185.220.101.33", "dst": "10.0.2.20", "offset_s": 600},
+    ),
     ("attacks_access", "syn_flood", {"org": 3, "dst": "10.0.1.80", "offset_s": 0, "warmup_s": 1800}),
-    ("attacks_access", "lateral_fanout", {"org": 4, "src": "10.1.0.23", "subnet": "10.0.6", "offset_s": 3900}),
-    ("attacks_c2", "beacon", {"org": 0, "src": "10.1.3.77", "dst": CAMPAIGN_SOURCE, "offset_s": 60, "duration_s": 4200}),
+    (
+        "attacks_access",
+        "lateral_fanout",
+        {"org": 4, "src": "10.1.0.23", "subnet": "10.0.6", "offset_s": 3900},
+    ),
+    (
+        "attacks_c2",
+        "beacon",
+        {"org": 0, "src": "10.1.3.77", "dst": CAMPAIGN_SOURCE, "offset_s": 60, "duration_s": 4200},
+    ),
     ("attacks_c2", "exfiltration", {"org": 1, "src": "10.1.3.40", "dst": "198.51.100.200", "offset_s": 0}),
     ("attacks_dns", "dns_tunnel", {"org": 4, "src": "10.0.3.44", "offset_s": 1500}),
     ("attacks_dns", "dga_host", {"org": 2, "src": "10.1.0.23", "offset_s": 2000}),

@@ -34,8 +34,51 @@ from taishi.pipeline.windows import Doc
 
 log = logging.getLogger(__name__)
 DETECTORS_KEY = (
-    b"\x00detectors"  # state-topic key of a partition's detector state (entity keys never start with NUL)
+    b"\x00detectors"  # state-topic keys of a partition's detector state (entity keys never start with NUL)
 )
+_CHUNK = 4 << 20
+
+
+def detector_state_records(snapshot: dict[str, Any], generation: int) -> list[tuple[bytes, bytes]]:
+    """A detector-state snapshot as compacted-topic records: lz4 chunks, then a header naming them.
+
+    Chunks alternate between two key slots and the header goes last: a process killed while writing a
+    new snapshot leaves the previous one whole, and the header still names it.
+    """
+    import lz4.frame
+
+    blob = lz4.frame.compress(orjson.dumps(snapshot))
+    chunks = [blob[i : i + _CHUNK] for i in range(0, len(blob), _CHUNK)] or [b""]
+    gen = generation.to_bytes(8, "big")
+    slot = generation % 2
+    out = [(DETECTORS_KEY + b"|%d|%d" % (slot, i), gen + c) for i, c in enumerate(chunks)]
+    out.append((DETECTORS_KEY, orjson.dumps({"gen": generation, "slot": slot, "chunks": len(chunks)})))
+    return out
+
+
+def detector_state_from_records(
+    records: list[tuple[bytes, bytes | None]], partition: int
+) -> dict[str, Any] | None:
+    """Inverse of ``detector_state_records`` over a partition's records in topic order."""
+    import lz4.frame
+
+    header, chunks = None, {}
+    for key, value in records:
+        if key == DETECTORS_KEY and value:
+            header = orjson.loads(value)
+        elif key.startswith(DETECTORS_KEY + b"|") and value:
+            _, slot, index = key.split(b"|")
+            chunks[(int(slot), int(index))] = value
+    if header is None:
+        return None
+    gen = int(header["gen"]).to_bytes(8, "big")
+    parts = [chunks.get((int(header["slot"]), i), b"") for i in range(int(header["chunks"]))]
+    if not all(p.startswith(gen) for p in parts):
+        log.warning(
+            "partition %d: detector state incomplete in the state topic; detectors start fresh", partition
+        )
+        return None
+    return orjson.loads(lz4.frame.decompress(b"".join(p[8:] for p in parts)))
 
 
 @dataclass(slots=True)
@@ -295,9 +338,8 @@ class KafkaPipeline:
                     )
                 for recs in consumer.poll(timeout_ms=500).values():
                     records.extend((r.key, r.value) for r in recs if r.key is not None)
-            detectors = [v for key, v in records if key == DETECTORS_KEY]
-            baselines.restore([(key, v) for key, v in records if key != DETECTORS_KEY])
-            return baselines, (orjson.loads(detectors[-1]) if detectors and detectors[-1] else None)
+            baselines.restore([(key, v) for key, v in records if not key.startswith(DETECTORS_KEY)])
+            return baselines, detector_state_from_records(records, partition)
         finally:
             consumer.close(autocommit=False)
 
@@ -312,10 +354,8 @@ class KafkaPipeline:
             for key, value in proc.windows.baselines.take_dirty():
                 futures.append(producer.send(k.state_topic, key=key, value=value, partition=tp.partition))
             if proc.detectors.dirty:
-                value = orjson.dumps(proc.detectors.snapshot())
-                futures.append(
-                    producer.send(k.state_topic, key=DETECTORS_KEY, value=value, partition=tp.partition)
-                )
+                for key, value in detector_state_records(proc.detectors.snapshot(), self.status.commits):
+                    futures.append(producer.send(k.state_topic, key=key, value=value, partition=tp.partition))
                 proc.detectors.dirty = False
         if futures:
             producer.flush()

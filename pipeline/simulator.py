@@ -136,7 +136,10 @@ def _dns_metadata(seed: int, is_dns: np.ndarray) -> dict[str, np.ndarray]:
     rng = np.random.default_rng([seed, 53])
     n, k = len(is_dns), int(is_dns.sum())
     names = benign_names()
-    out = {c: np.full(n, "", dtype=object) for c in ("dns.question.name", "dns.question.type", "dns.response_code")}
+    out = {
+        c: np.full(n, "", dtype=object)
+        for c in ("dns.question.name", "dns.question.type", "dns.response_code")
+    }
     out["dns.question.name"][is_dns] = names[(rng.zipf(1.2, k) - 1) % len(names)]
     for col, table in (("dns.question.type", _QTYPES), ("dns.response_code", _RCODES)):
         values = np.array([v for v, _ in table], dtype=object)

@@ -133,6 +133,12 @@ class ElasticsearchSink:
 
         for name, body in templates().items():
             self.client.indices.put_index_template(name=name, **body)
+            # Templates only shape new indices: carry additive mapping changes (new fields within the same
+            # schema version) to the family's existing indices too, so strict mappings accept them.
+            props = body["template"]["mappings"]["properties"]
+            self.client.indices.put_mapping(
+                index=f"{name}-*", properties=props, allow_no_indices=True, ignore_unavailable=True
+            )
 
     def write(self, docs: Sequence[Doc]) -> list[Failure]:
         failures: list[Failure] = []

@@ -43,3 +43,24 @@ def test_bounded_entities_and_bad_alpha():
     assert len(b) <= 10
     with pytest.raises(ValueError):
         Baselines(alpha=0)
+
+
+def test_detector_state_round_trips_through_chunked_records():
+    import numpy as np
+
+    from taishi.pipeline import runner
+
+    rng = np.random.default_rng(0)  # incompressible enough to need several 4 MiB chunks
+    big = {
+        "detectors": {
+            "beaconing": {"pairs": {f"k{i}": rng.integers(0, 2**40, 64).tolist() for i in range(20_000)}}
+        }
+    }
+    old = runner.detector_state_records({"detectors": {}}, 1)
+    new = runner.detector_state_records(big, 2)
+    assert len(new) > 2, "large states are split into chunks"
+    assert runner.detector_state_from_records(old + new, 0) == big
+    # Killed between the new chunks and the new header: the previous snapshot is still whole.
+    assert runner.detector_state_from_records(old + new[:-1], 0) == {"detectors": {}}
+    # A missing chunk is detected, not decoded into garbage.
+    assert runner.detector_state_from_records(old + new[1:], 0) is None
