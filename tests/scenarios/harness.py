@@ -9,8 +9,8 @@ intended change with ``python -m tests.scenarios.harness --regenerate``.
 from __future__ import annotations
 
 import argparse
-import importlib
 import dataclasses
+import importlib
 import json
 import tomllib
 from pathlib import Path
