@@ -327,6 +327,31 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Per detector precision, recall and alert latency on labelled scenarios."""
+    from taishi.pipeline.scenarios import evaluate, summary_rows
+
+    roots = [Path(r) for r in args.scenarios]
+    for r in roots:
+        if not r.is_dir():
+            raise FileNotFoundError(f"scenario folder {r} does not exist")
+    rows = evaluate(roots)
+    _print_table(summary_rows(rows), args.json)
+    if args.dga:
+        from taishi.detectors.dga_model import main as dga_model_main
+
+        print("\nDGA scorer, leave-families-out (each family scored by a model trained without it):")
+        return dga_model_main(["evaluate", "--data", str(args.dga)])
+    return 0
+
+
+def cmd_dga_score(args: argparse.Namespace) -> int:
+    """Score domain names read from stdin, one score (0..1, higher = more DGA-like) per line out."""
+    from taishi.detectors.dga import score_lines
+
+    return score_lines(sys.stdin, sys.stdout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="taishi", description="Sector-wide network-security situational awareness."
@@ -405,6 +430,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--top", type=int, default=20)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_analyze)
+
+    sp = sub.add_parser("eval", help=cmd_eval.__doc__)
+    sp.add_argument("--scenarios", nargs="+", default=["tests/scenarios"], help="folders of scenario folders")
+    sp.add_argument("--dga", metavar="DATA_DIR", help="also evaluate the DGA scorer leaving families out, on the "
+                    "domain lists in DATA_DIR (e.g. shared/data/domains)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_eval)
+
+    sp = sub.add_parser("dga", help="DGA scorer")
+    dsub = sp.add_subparsers(dest="dga_cmd", required=True)
+    dsp = dsub.add_parser("score", help=cmd_dga_score.__doc__)
+    dsp.set_defaults(func=cmd_dga_score)
 
     sp = sub.add_parser("retention", help=cmd_retention.__doc__)
     sp.add_argument("--dry-run", action="store_true")
