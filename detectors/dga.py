@@ -7,7 +7,7 @@ names under a well-known registered domain are scored by the CDN's own label, ne
 random-looking subdomain. A host fires in a window when
 
 - ``nxdomain``: at least ``min_nx`` distinct DGA-looking domains it asked for did not exist (DGA malware
-  tries many names until one resolves), or
+  tries many names until one resolves) and they are at least ``min_nx_share`` of its failed domains, or
 - ``names``: at least ``min_names`` distinct domains scored above ``name_threshold`` and they are at least
   ``min_share`` of the distinct domains it asked for (so a resolver with a few odd names among
   thousands stays silent), or
@@ -44,6 +44,12 @@ class DgaParams(DetectorParams):
         0.2, ge=0, le=1, description="share of the host's distinct domains that must look DGA-made"
     )
     min_nx: int = Field(10, ge=1, description="distinct DGA-looking domains that got NXDOMAIN in a window")
+    min_nx_share: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="share of the host's NXDOMAIN domains that must look DGA-made (a resolver has many others)",
+    )
     min_label_length: int = Field(
         6, ge=1, description="shorter owner labels are not scored (too little text to judge)"
     )
@@ -175,7 +181,13 @@ class Dga(WindowedDetector):
         )
         g = (
             frame.groupby(["org", "src", "reg"], sort=False)
-            .agg(nx=("nx", "sum"), n=("n", "sum"), sensor=("sensor", "first"), first=("ts", "min"), last=("ts", "max"))
+            .agg(
+                nx=("nx", "sum"),
+                n=("n", "sum"),
+                sensor=("sensor", "first"),
+                first=("ts", "min"),
+                last=("ts", "max"),
+            )
             .reset_index()
         )
         label_of = dict(zip(reg_u[present], lab_u[present], strict=True))
@@ -186,6 +198,12 @@ class Dga(WindowedDetector):
 
     def evaluate(self, start_ms: int, end_ms: int, frame: pd.DataFrame) -> list[Finding]:
         p = self.params
+        if frame["score"].max() < min(p.name_threshold, p.nx_threshold):
+            return []  # nothing DGA-looking in the window: no case can fire, no slow memory to add
+        # Only hosts that asked for at least one DGA-looking name can fire: drop the others first.
+        host = frame["org"].to_numpy(dtype=object) + "|" + frame["src"].to_numpy(dtype=object)
+        suspect = host[frame["score"].to_numpy() >= min(p.name_threshold, p.nx_threshold)]
+        frame = frame[np.isin(host, np.unique(suspect))]
         g = (
             frame.groupby(["org", "src", "reg"], sort=False)
             .agg(
@@ -199,13 +217,17 @@ class Dga(WindowedDetector):
             .reset_index()
         )
         high = g["score"].to_numpy() >= p.name_threshold
-        nx_dga = (g["nx"].to_numpy() > 0) & (g["score"].to_numpy() >= p.nx_threshold)
-        g = g.assign(high=high.astype(np.int64), nx_dga=nx_dga.astype(np.int64))
+        nx_any = g["nx"].to_numpy() > 0
+        nx_dga = nx_any & (g["score"].to_numpy() >= p.nx_threshold)
+        g = g.assign(
+            high=high.astype(np.int64), nx_any=nx_any.astype(np.int64), nx_dga=nx_dga.astype(np.int64)
+        )
         per = (
             g.groupby(["org", "src"], sort=True)
             .agg(
                 domains=("reg", "size"),
                 high=("high", "sum"),
+                nx_domains=("nx_any", "sum"),
                 nx_dga=("nx_dga", "sum"),
                 sensor=("sensor", "first"),
                 first=("first", "min"),
@@ -214,16 +236,22 @@ class Dga(WindowedDetector):
             .reset_index()
         )
         share = per["high"] / per["domains"].clip(lower=1)
+        nx_share = per["nx_dga"] / per["nx_domains"].clip(lower=1)
         names_case = (per["high"] >= p.min_names) & (share >= p.min_share)
-        nx_case = per["nx_dga"] >= p.min_nx
+        nx_case = (per["nx_dga"] >= p.min_nx) & (nx_share >= p.min_nx_share)
         out: list[Finding] = []
         fired: set[tuple[str, str]] = set()
         for r in per[names_case | nx_case].itertuples(index=False):
             fired.add((r.org, r.src))
             rows = g[(g["org"] == r.org) & (g["src"] == r.src) & ((g["high"] > 0) | (g["nx_dga"] > 0))]
-            kind = "nxdomain" if r.nx_dga >= p.min_nx else "names"
+            kind = (
+                "nxdomain" if r.nx_dga >= p.min_nx and r.nx_dga >= p.min_nx_share * r.nx_domains else "names"
+            )
             out.append(self._finding(start_ms, end_ms, r._asdict(), rows, kind))
-        out.extend(self._slow_dga(start_ms, end_ms, g[g["nx_dga"] > 0], fired))
+        # The slow case remembers failed DGA-looking names only of hosts whose failures mostly look so.
+        slow_hosts = per.loc[nx_share >= p.min_nx_share, ["org", "src"]]
+        nx = g[g["nx_dga"] > 0].merge(slow_hosts, on=["org", "src"])
+        out.extend(self._slow_dga(start_ms, end_ms, nx, fired))
         return out
 
     def _finding(
@@ -244,6 +272,7 @@ class Dga(WindowedDetector):
                 "kind": kind,
                 "dga_domains": int(r["high"]),
                 "nxdomain_dga_domains": int(r["nx_dga"]),
+                "nxdomain_domains": int(r["nx_domains"]),
                 "distinct_domains": int(r["domains"]),
                 "dga_share": round(int(r["high"]) / max(1, int(r["domains"])), 3),
                 "mean_probability": round(mean_p, 3),

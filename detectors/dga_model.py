@@ -46,6 +46,7 @@ _LUT = np.full(256, 38, np.uint8)
 _LUT[np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", np.uint8)] = np.arange(1, 27)
 _LUT[np.frombuffer(b"0123456789", np.uint8)] = np.arange(27, 37)
 _LUT[ord("-")] = 37
+_LUT[0] = 0  # the marker that ends each label in an encoded batch
 _VOWELS = np.array([1, 5, 9, 15, 21, 25])  # a e i o u y
 
 SHAPE_FEATURES = (
@@ -61,61 +62,71 @@ SHAPE_FEATURES = (
 )
 
 
-def encode(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Labels as a code matrix (one row each, 0-padded) and their lengths (cut at 63 characters)."""
-    cut = [s[:MAX_LEN].lower() for s in labels]
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """Labels as one flat code array, each label followed by a 0 marker (so no run crosses labels)."""
+
+    flat: np.ndarray  # uint8 codes
+    lengths: np.ndarray  # characters per label (cut at 63)
+    starts: np.ndarray  # where each label starts in ``flat``
+    rows: np.ndarray  # the label each position of ``flat`` belongs to
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def encode(labels: Sequence[str]) -> Encoded:
+    """Encode labels (lower-cased, cut at 63 characters; other characters share one code)."""
+    cut = [s[:MAX_LEN].lower().replace("\0", "?") + "\0" for s in labels]  # NUL: the end marker
     n = len(cut)
-    lengths = np.fromiter(map(len, cut), np.int64, n)
-    width = int(lengths.max()) if n else 0
-    codes = np.zeros((n, max(1, width)), np.uint8)
-    if n and width:
-        buf = np.frombuffer("".join(cut).encode("ascii", "replace"), np.uint8)
-        starts = np.cumsum(lengths) - lengths
-        rows = np.repeat(np.arange(n), lengths)
-        cols = np.arange(len(buf)) - np.repeat(starts, lengths)
-        codes[rows, cols] = _LUT[buf]
-    return codes, lengths
-
-
-def _grams(codes: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every label's n-gram ids (with n-1 start markers and one end marker) and which of them are real."""
-    rows, width = codes.shape
-    padded = np.zeros((rows, n - 1 + width + 1), np.int64)
-    padded[:, n - 1 : n - 1 + width] = codes
-    positions = width + 1
-    ids = np.zeros((rows, positions), np.int64)
-    for k in range(n):
-        ids = ids * _B + padded[:, k : k + positions]
-    valid = np.arange(positions)[None, :] <= lengths[:, None]
-    return ids, valid
-
-
-def shape_features(codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The shape features of encoded labels (columns as ``SHAPE_FEATURES``)."""
-    rows, width = codes.shape
-    valid = np.arange(width)[None, :] < lengths[:, None]
-    length = np.maximum(lengths, 1).astype(np.float64)
-    counts = np.bincount((np.arange(rows)[:, None] * _B + codes)[valid], minlength=rows * _B).reshape(
-        rows, _B
+    seg = np.fromiter(map(len, cut), np.int64, n)
+    flat = (
+        _LUT[np.frombuffer("".join(cut).encode("ascii", "replace"), np.uint8)] if n else np.zeros(0, np.uint8)
     )
+    return Encoded(flat, seg - 1, np.cumsum(seg) - seg, np.repeat(np.arange(n), seg))
+
+
+def _grams(enc: Encoded, n: int) -> np.ndarray:
+    """Every label's n-gram ids, ``len + 1`` per label in ``flat`` order (n-1 start markers, one end marker).
+
+    The ids of label *i* sit at the positions of its segment in ``flat`` (its characters and its marker).
+    """
+    flat = enc.flat.astype(np.int64)
+    ids = flat.copy()  # the last character of each gram
+    pos_in_label = np.arange(len(flat)) - enc.starts[enc.rows]
+    for k in range(1, n):
+        prev = np.zeros_like(flat)
+        prev[k:] = flat[:-k]
+        prev[pos_in_label < k] = 0  # before the label's start: start markers, not the previous label
+        ids += prev * _B**k
+    return ids
+
+
+def shape_features(enc: Encoded) -> np.ndarray:
+    """The shape features of encoded labels (columns as ``SHAPE_FEATURES``)."""
+    rows, codes, n = enc.rows, enc.flat, len(enc)
+    length = np.maximum(enc.lengths, 1).astype(np.float64)
+    counts = np.bincount(rows * _B + codes, minlength=n * _B).reshape(n, _B)
+    counts[:, 0] = 0  # the markers
     p = counts / length[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
-        entropy = -np.nansum(np.where(p > 0, p * np.log2(p), 0.0), axis=1)
+        entropy = -np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0).sum(axis=1)
     letters = counts[:, 1:27].sum(axis=1)
     digits = counts[:, 27:37].sum(axis=1)
     vowels = counts[:, _VOWELS].sum(axis=1)
-    is_letter = valid & (codes >= 1) & (codes <= 26)
-    is_digit = valid & (codes >= 27) & (codes <= 36)
+    is_letter = (codes >= 1) & (codes <= 26)
+    is_digit = (codes >= 27) & (codes <= 36)
     consonant = is_letter & ~np.isin(codes, _VOWELS)
-    alternations = ((is_letter[:, 1:] & is_digit[:, :-1]) | (is_digit[:, 1:] & is_letter[:, :-1])).sum(axis=1)
+    alt = (is_letter[1:] & is_digit[:-1]) | (is_digit[1:] & is_letter[:-1])
+    alternations = np.bincount(rows[1:], weights=alt, minlength=n)
     return np.column_stack(
         [
             np.log(length),
             entropy,
             digits / length,
             vowels / np.maximum(letters, 1),
-            _max_run(consonant),
-            _max_run(is_digit),
+            _max_run(consonant, enc),
+            _max_run(is_digit, enc),
             alternations / length,
             counts[:, 37],
             (counts[:, 1:] > 0).sum(axis=1) / length,
@@ -123,13 +134,13 @@ def shape_features(codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     )
 
 
-def _max_run(mask: np.ndarray) -> np.ndarray:
-    """Longest run of True per row."""
-    if mask.shape[1] == 0:
-        return np.zeros(mask.shape[0])
-    c = np.cumsum(mask, axis=1)
-    reset = np.maximum.accumulate(np.where(mask, 0, c), axis=1)
-    return (c - reset).max(axis=1).astype(np.float64)
+def _max_run(mask: np.ndarray, enc: Encoded) -> np.ndarray:
+    """Longest run of True in each label (the markers are False, so runs end with their label)."""
+    if len(mask) == 0:
+        return np.zeros(len(enc))
+    c = np.cumsum(mask)
+    run = c - np.maximum.accumulate(np.where(mask, 0, c))
+    return np.maximum.reduceat(run, enc.starts).astype(np.float64)
 
 
 _HASH_BITS = 20  # orders whose B**n exceeds 2**20 share 2**20 hashed slots
@@ -150,33 +161,52 @@ class _Ngrams:
 
     def __init__(self, n: int, grams: np.ndarray, contexts: np.ndarray, alpha: float) -> None:
         self.n, self.grams, self.contexts, self.alpha = n, grams, contexts, alpha
-        self._lg = np.log(grams + alpha).astype(np.float32)
-        self._lc = np.log(contexts + alpha * _B).astype(np.float32)
 
     @classmethod
-    def fit(cls, codes: np.ndarray, lengths: np.ndarray, n: int, alpha: float) -> _Ngrams:
-        ids, valid = _grams(codes, lengths, n)
-        ids = ids[valid]
+    def fit(cls, ids: np.ndarray, n: int, alpha: float) -> _Ngrams:
+        """Count the n-gram ids of one class (only real ones: ``ids[valid]``)."""
         grams = np.bincount(_slots(ids, n), minlength=min(_B**n, 1 << _HASH_BITS))
         contexts = np.bincount(_slots(ids // _B, n - 1), minlength=min(_B ** (n - 1), 1 << _HASH_BITS))
         return cls(n, grams.astype(np.uint32), contexts.astype(np.uint32), alpha)
 
     def logp(self, ids: np.ndarray) -> np.ndarray:
         """``log P(last | context)`` of n-gram ids."""
-        return self._lg[_slots(ids, self.n)] - self._lc[_slots(ids // _B, self.n - 1)]
+        g = self.grams[_slots(ids, self.n)] + self.alpha
+        c = self.contexts[_slots(ids // _B, self.n - 1)] + self.alpha * _B
+        return np.log(g / c)
 
 
-def _ngram_features(codes: np.ndarray, lengths: np.ndarray, dga: _Ngrams, benign: _Ngrams) -> np.ndarray:
-    """Mean DGA/benign log-likelihood ratio, mean benign log-probability and the least likely n-gram."""
-    ids, valid = _grams(codes, lengths, dga.n)
-    n_valid = valid.sum(axis=1)
-    lb = np.where(valid, benign.logp(ids), 0.0)
-    ld = np.where(valid, dga.logp(ids), 0.0)
-    return np.column_stack([(ld - lb).sum(axis=1) / n_valid, lb.sum(axis=1) / n_valid, lb.min(axis=1)])
+def _ngram_features(
+    ids: np.ndarray, rows: np.ndarray, n_rows: int, dga: _Ngrams, benign: _Ngrams
+) -> np.ndarray:
+    """Per label: mean DGA/benign log-likelihood ratio, mean benign log-probability, least likely n-gram.
+
+    ``rows`` (the label of each id) must keep each label's ids together; labels without ids get zeros.
+    """
+    out = np.zeros((n_rows, 3))
+    if len(ids) == 0:
+        return out
+    lb = benign.logp(ids)
+    ld = dga.logp(ids)
+    count = np.maximum(np.bincount(rows, minlength=n_rows), 1)
+    out[:, 0] = np.bincount(rows, weights=ld - lb, minlength=n_rows) / count
+    out[:, 1] = np.bincount(rows, weights=lb, minlength=n_rows) / count
+    seg = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    out[rows[seg], 2] = np.minimum.reduceat(lb, seg)
+    return out
 
 
 class DgaModel:
     """Probability that a DNS label was made by a domain generation algorithm."""
+
+    # Learned state (set by ``fit`` or ``load``).
+    mean_: np.ndarray
+    scale_: np.ndarray
+    coef_: np.ndarray
+    intercept_: float
+    tables_: dict[int, tuple[_Ngrams, _Ngrams]]
+    feature_names_: list[str]
+    meta_: dict[str, Any]  # the file header (``load`` only)
 
     def __init__(
         self,
@@ -198,28 +228,28 @@ class DgaModel:
         from sklearn.linear_model import LogisticRegression
 
         y = np.asarray(y, np.int64)
-        codes, lengths = encode(labels)
+        enc = encode(labels)
+        grams = {n: _grams(enc, n) for n in self.orders}
         fold = self._folds(y, groups)
-        ngram_x = np.zeros((len(y), 3 * len(self.orders)))
-        for f in range(self.folds):
-            tr, te = fold != f, fold == f
-            if not te.any():
-                continue
-            ngram_x[te] = self._ngram_block(codes[tr], lengths[tr], y[tr], codes[te], lengths[te])
-        x = np.column_stack([ngram_x, shape_features(codes, lengths)])
+        pos_fold, pos_y = fold[enc.rows], y[enc.rows]
+        blocks = []
+        for n, ids in grams.items():
+            block = np.zeros((len(y), 3))
+            for f in range(self.folds):
+                te = pos_fold == f
+                if te.any():
+                    d, b = self._tables(ids[~te], pos_y[~te], n)
+                    block += _ngram_features(ids[te], enc.rows[te], len(y), d, b)
+            blocks.append(block)
+        x = np.column_stack([*blocks, shape_features(enc)])
         self.mean_ = x.mean(axis=0)
         self.scale_ = np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
-        lr = LogisticRegression(C=self.c, class_weight="balanced", max_iter=2000)
+        # Few features, many rows: Newton steps converge in a handful of iterations.
+        lr = LogisticRegression(C=self.c, class_weight="balanced", solver="newton-cholesky", max_iter=200)
         lr.fit((x - self.mean_) / self.scale_, y)
         self.coef_ = lr.coef_[0].astype(np.float64)
         self.intercept_ = float(lr.intercept_[0])
-        self.tables_ = {
-            n: (
-                _Ngrams.fit(codes[y == 1], lengths[y == 1], n, self.alpha),
-                _Ngrams.fit(codes[y == 0], lengths[y == 0], n, self.alpha),
-            )
-            for n in self.orders
-        }
+        self.tables_ = {n: self._tables(ids, pos_y, n) for n, ids in grams.items()}
         self.feature_names_ = [
             f"{k}{n}" for n in self.orders for k in ("llr", "benign_logp", "min_benign_logp")
         ] + list(SHAPE_FEATURES)
@@ -236,27 +266,16 @@ class DgaModel:
             fold[dga] = [of[g] for g in groups[dga]]
         return fold
 
-    def _ngram_block(
-        self,
-        codes: np.ndarray,
-        lengths: np.ndarray,
-        y: np.ndarray,
-        codes_x: np.ndarray,
-        lengths_x: np.ndarray,
-    ) -> np.ndarray:
-        cols = []
-        for n in self.orders:
-            d = _Ngrams.fit(codes[y == 1], lengths[y == 1], n, self.alpha)
-            b = _Ngrams.fit(codes[y == 0], lengths[y == 0], n, self.alpha)
-            cols.append(_ngram_features(codes_x, lengths_x, d, b))
-        return np.column_stack(cols)
+    def _tables(self, ids: np.ndarray, y: np.ndarray, n: int) -> tuple[_Ngrams, _Ngrams]:
+        """The DGA and the benign n-gram tables from gram ids and the class of each."""
+        return _Ngrams.fit(ids[y == 1], n, self.alpha), _Ngrams.fit(ids[y == 0], n, self.alpha)
 
     # Scoring -------------------------------------------------------------------------------------------
     def features(self, labels: Sequence[str]) -> np.ndarray:
         """The feature matrix of labels (columns as ``feature_names_``)."""
-        codes, lengths = encode(labels)
-        blocks = [_ngram_features(codes, lengths, *self.tables_[n]) for n in self.orders]
-        return np.column_stack([*blocks, shape_features(codes, lengths)])
+        enc = encode(labels)
+        blocks = [_ngram_features(_grams(enc, n), enc.rows, len(enc), *self.tables_[n]) for n in self.orders]
+        return np.column_stack([*blocks, shape_features(enc)])
 
     def decision_function(self, labels: Sequence[str]) -> np.ndarray:
         """Log-odds that each label is DGA-made."""

@@ -121,10 +121,10 @@ def shannon_entropy(texts: np.ndarray) -> np.ndarray:
     lengths = np.fromiter(map(len, texts), np.int64, n)
     buf = np.frombuffer("".join(texts).encode("ascii", "replace"), np.uint8)  # one byte per character
     rows = np.repeat(np.arange(n), lengths)
-    counts = np.bincount(rows * 256 + buf, minlength=n * 256).reshape(n, 256).astype(np.float64)
-    p = counts / np.maximum(lengths, 1)[:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return -np.where(p > 0, p * np.log2(p), 0.0).sum(axis=1)
+    key, count = np.unique(rows * 256 + buf, return_counts=True)  # (string, character) pairs
+    row = key // 256
+    p = count / lengths[row]
+    return np.abs(np.bincount(row, weights=-p * np.log2(p), minlength=n))
 
 
 def tunnel_score(
@@ -212,8 +212,10 @@ class DnsTunnel(WindowedDetector):
 
     def evaluate(self, start_ms: int, end_ms: int, frame: pd.DataFrame) -> list[Finding]:
         p = self.params
+        if frame.groupby(["org", "src", "reg"], sort=False)["n"].sum().max() < p.min_queries:
+            return []  # no client asked often enough under any one domain
         g = self._reduce(frame, "first", "last")
-        # Cheap prefilter: a client and domain need enough queries and names before names are inspected.
+        # A client and domain need enough queries and names before their names are inspected.
         per = g.groupby(["org", "src", "reg"], sort=False).agg(q=("n", "sum"), d=("name", "size"))
         cand = per[(per["q"] >= p.min_queries) & (per["d"] >= min(p.min_distinct, p.subdomain_bands[0]))]
         if cand.empty:
@@ -265,9 +267,13 @@ class DnsTunnel(WindowedDetector):
             & (agg["txt"] >= p.min_txt_share * agg["queries"])
             & (agg["txt_names"] >= p.min_distinct)
         )
-        kind = np.where(long_, "long_subdomains", np.where(many, "many_subdomains", np.where(txt, "txt_volume", "")))
-        hits = agg[kind != ""].assign(kind=kind[kind != ""]).sort_values(
-            ["distinct", "queries", "reg"], ascending=[False, False, True], kind="stable"
+        kind = np.where(
+            long_, "long_subdomains", np.where(many, "many_subdomains", np.where(txt, "txt_volume", ""))
+        )
+        hits = (
+            agg[kind != ""]
+            .assign(kind=kind[kind != ""])
+            .sort_values(["distinct", "queries", "reg"], ascending=[False, False, True], kind="stable")
         )
         out: list[Finding] = []
         fired: set[tuple[str, str]] = set()
