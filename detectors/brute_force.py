@@ -21,7 +21,8 @@ import pandas as pd
 from pydantic import Field
 
 from taishi.detectors.base import DetectorParams, Finding, WindowedDetector, epoch_ms
-from taishi.detectors.base import frame as object_frame
+from taishi.detectors.base import group_reduce as _reduce
+from taishi.detectors.base import rows_text as _text
 
 _SERVICES = {
     21: "ftp",
@@ -426,36 +427,3 @@ def _merge(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         frame["first"].to_numpy(),
         frame["last"].to_numpy(),
     )
-
-
-def _reduce(
-    keys: dict[str, np.ndarray],
-    sums: dict[str, np.ndarray],
-    firsts: dict[str, np.ndarray],
-    first_ms: np.ndarray,
-    last_ms: np.ndarray,
-) -> pd.DataFrame:
-    """Group rows by ``keys``: sums, first values, earliest and latest times (numpy, not pandas groupby)."""
-    code = np.zeros(len(first_ms), np.int64)
-    for col in keys.values():
-        k, u = pd.factorize(col)
-        code = pd.factorize(code * max(1, len(u)) + k)[0]  # re-compacted each step: never overflows
-    order = np.argsort(code, kind="stable")
-    sorted_code = code[order]
-    starts = (
-        np.r_[0, np.flatnonzero(sorted_code[1:] != sorted_code[:-1]) + 1] if len(code) else np.zeros(0, int)
-    )
-    head = order[starts]
-    out: dict[str, np.ndarray] = {k: v[head] for k, v in keys.items()}
-    out.update({k: np.add.reduceat(v[order], starts) if len(v) else v for k, v in sums.items()})
-    out.update({k: v[head] for k, v in firsts.items()})
-    out["first"] = np.minimum.reduceat(first_ms[order], starts) if len(code) else first_ms
-    out["last"] = np.maximum.reduceat(last_ms[order], starts) if len(code) else last_ms
-    return object_frame(out)
-
-
-def _text(col: pd.Series, rows: np.ndarray) -> np.ndarray:
-    """Some rows of a string column as objects, converting only those rows (categoricals stay cheap)."""
-    if isinstance(col.dtype, pd.CategoricalDtype):
-        return np.asarray(col.cat.categories, dtype=object)[col.cat.codes.to_numpy()[rows]]
-    return col.to_numpy(dtype=object)[rows]
